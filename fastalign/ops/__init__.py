@@ -1,0 +1,10 @@
+"""Launchers, autograd and dispatch of fastalign's fused ops (no ``@triton.jit`` code here)."""
+
+from fastalign.ops.linear_logprobs import (
+    LinearLogprobStats,
+    LogprobsAndEntropy,
+    linear_logprob_stats,
+    linear_logprobs,
+)
+
+__all__ = ["LinearLogprobStats", "LogprobsAndEntropy", "linear_logprob_stats", "linear_logprobs"]

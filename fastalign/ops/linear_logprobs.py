@@ -1,0 +1,340 @@
+"""``fastalign.linear_logprobs``: per-token log-probs (and entropy) straight from hidden states.
+
+``logp[n] = z[n, t_n] - logsumexp(z[n])`` with ``z = cap(h W^T + b) / T`` is computed without
+materializing ``[N, V]`` logits, forward and backward. Both implementations (Triton kernels,
+chunked PyTorch) sit behind one ``torch.library`` custom op with a registered autograd
+formula, so ``torch.compile(fullgraph=True)`` traces through calls without graph breaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from fastalign.ops.chunked_torch import accumulation_dtype, torch_backward, torch_forward
+from fastalign.ops.dispatch import resolve_impl
+from fastalign.ops.validation import (
+    check_linear_head_inputs,
+    check_target_range,
+    require_positive_finite,
+    require_tensor,
+)
+
+
+class LogprobsAndEntropy(NamedTuple):
+    """``linear_logprobs(..., return_entropy=True)``: both shaped like ``targets``."""
+
+    logprobs: Tensor
+    entropy: Tensor
+
+
+class LinearLogprobStats(NamedTuple):
+    """Per-row statistics shaped like ``targets`` (``None`` where not requested).
+
+    ``lse`` is ``logsumexp(z)``; ``logit_sum`` is ``sum_j z_j`` (label smoothing, mean logits).
+    All are differentiable.
+    """
+
+    logprobs: Tensor
+    entropy: Tensor | None
+    lse: Tensor
+    logit_sum: Tensor | None
+
+
+_GRAD_NAMES = ("logprobs", "entropy", "lse", "logit_sum")
+
+
+def _output_dtype(dtype: torch.dtype) -> torch.dtype:
+    return accumulation_dtype(dtype)
+
+
+def _autocast_disabled(device_type: str):
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@torch.library.custom_op("fastalign::linear_logprob_stats", mutates_args=())
+def _stats_op(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    targets: Tensor,
+    ignore_index: int,
+    temperature: float,
+    softcap: Optional[float],
+    with_entropy: bool,
+    with_logit_sum: bool,
+    deterministic: bool,
+    filter_eps: Optional[float],
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_target_range(targets, weight.shape[0], ignore_index)
+    out_dtype = _output_dtype(hidden.dtype)
+    empty = hidden.new_empty(0, dtype=out_dtype)
+    if targets.numel() == 0:
+        zeros = hidden.new_zeros(targets.shape, dtype=out_dtype)
+        return (
+            zeros,
+            zeros.clone() if with_entropy else empty,
+            hidden.new_zeros(0, dtype=out_dtype),
+            zeros.clone() if with_logit_sum else empty.clone(),
+        )
+    kwargs = dict(
+        ignore_index=ignore_index,
+        temperature=temperature,
+        softcap=softcap,
+        with_entropy=with_entropy,
+        with_logit_sum=with_logit_sum,
+    )
+    with _autocast_disabled(hidden.device.type):
+        if impl == "triton":
+            from fastalign.ops.linear_logprobs_triton import triton_forward
+
+            stats = triton_forward(hidden, weight, bias, targets, **kwargs)
+        else:
+            stats = torch_forward(hidden, weight, bias, targets, **kwargs)
+    shape = targets.shape
+    return (
+        stats.logprobs.view(shape),
+        stats.entropy.view(shape) if with_entropy else empty,
+        stats.lse,
+        stats.logit_sum.view(shape) if with_logit_sum else empty.clone(),
+    )
+
+
+@_stats_op.register_fake
+def _stats_op_fake(hidden, weight, bias, targets, ignore_index, temperature, softcap,
+                   with_entropy, with_logit_sum, deterministic, filter_eps, impl):
+    out_dtype = _output_dtype(hidden.dtype)
+    per_row = hidden.new_empty(targets.shape, dtype=out_dtype)
+    return (
+        per_row,
+        hidden.new_empty(targets.shape if with_entropy else (0,), dtype=out_dtype),
+        hidden.new_empty((targets.numel(),), dtype=out_dtype),
+        hidden.new_empty(targets.shape if with_logit_sum else (0,), dtype=out_dtype),
+    )
+
+
+@torch.library.custom_op("fastalign::linear_logprob_stats_backward", mutates_args=())
+def _stats_backward_op(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    targets: Tensor,
+    lse: Tensor,
+    entropy: Tensor,
+    grad_logprobs: Optional[Tensor],
+    grad_entropy: Optional[Tensor],
+    grad_lse: Optional[Tensor],
+    grad_logit_sum: Optional[Tensor],
+    ignore_index: int,
+    temperature: float,
+    softcap: Optional[float],
+    needs_hidden_grad: bool,
+    needs_weight_grad: bool,
+    needs_bias_grad: bool,
+    deterministic: bool,
+    filter_eps: Optional[float],
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    grads = dict(zip(_GRAD_NAMES, (grad_logprobs, grad_entropy, grad_lse, grad_logit_sum)))
+    kwargs = dict(
+        ignore_index=ignore_index,
+        temperature=temperature,
+        softcap=softcap,
+        needs_hidden_grad=needs_hidden_grad,
+        needs_weight_grad=needs_weight_grad,
+        needs_bias_grad=needs_bias_grad and bias is not None,
+    )
+    saved_entropy = entropy.reshape(-1) if entropy.numel() else None
+    with _autocast_disabled(hidden.device.type):
+        if impl == "triton":
+            from fastalign.ops.linear_logprobs_triton import triton_backward
+
+            result = triton_backward(
+                hidden, weight, bias, targets, lse, saved_entropy, grads,
+                deterministic=deterministic, filter_eps=filter_eps, **kwargs,
+            )
+        else:
+            result = torch_backward(hidden, weight, bias, targets, lse, saved_entropy, grads, **kwargs)
+    empty = hidden.new_empty(0)
+    return tuple(g if g is not None else empty.clone() for g in result)
+
+
+@_stats_backward_op.register_fake
+def _stats_backward_fake(hidden, weight, bias, targets, lse, entropy, grad_logprobs, grad_entropy,
+                         grad_lse, grad_logit_sum, ignore_index, temperature, softcap,
+                         needs_hidden_grad, needs_weight_grad, needs_bias_grad, deterministic,
+                         filter_eps, impl):
+    return (
+        torch.empty_like(hidden) if needs_hidden_grad else hidden.new_empty(0),
+        torch.empty_like(weight) if needs_weight_grad else hidden.new_empty(0),
+        torch.empty_like(bias) if needs_bias_grad and bias is not None else hidden.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    (hidden, weight, bias, targets, ignore_index, temperature, softcap, _with_entropy,
+     _with_logit_sum, deterministic, filter_eps, impl) = inputs
+    _logprobs, entropy, lse, _logit_sum = output
+    ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
+    ctx.options = dict(
+        ignore_index=ignore_index,
+        temperature=temperature,
+        softcap=softcap,
+        deterministic=deterministic,
+        filter_eps=filter_eps,
+        impl=impl,
+    )
+
+
+def _backward(ctx, *output_grads):
+    hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+    acc = _output_dtype(hidden.dtype)
+    grads = [
+        g.reshape(-1).to(acc).contiguous() if g is not None and g.numel() > 0 else None
+        for g in output_grads
+    ]
+    needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    no_grad_args = (None,) * 9
+    if targets.numel() == 0:
+        # Empty inputs: gradients are empty/zero tensors, not missing.
+        return (
+            torch.zeros_like(hidden) if needs_hidden else None,
+            torch.zeros_like(weight) if needs_weight else None,
+            torch.zeros_like(bias) if needs_bias else None,
+        ) + no_grad_args
+    if not (needs_hidden or needs_weight or needs_bias) or all(g is None for g in grads):
+        return (None, None, None) + no_grad_args
+    grad_hidden, grad_weight, grad_bias = _stats_backward_op(
+        hidden, weight, bias, targets, lse, entropy, *grads,
+        ignore_index=ctx.options["ignore_index"],
+        temperature=ctx.options["temperature"],
+        softcap=ctx.options["softcap"],
+        needs_hidden_grad=needs_hidden,
+        needs_weight_grad=needs_weight,
+        needs_bias_grad=needs_bias,
+        deterministic=ctx.options["deterministic"],
+        filter_eps=ctx.options["filter_eps"],
+        impl=ctx.options["impl"],
+    )
+    return (
+        grad_hidden if needs_hidden else None,
+        grad_weight if needs_weight else None,
+        grad_bias if needs_bias else None,
+    ) + no_grad_args
+
+
+_stats_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _cast_for_autocast(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Under autocast, run at the autocast dtype like ``F.linear`` would (explicit casts)."""
+    device_type = hidden.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        if t is None or not t.is_floating_point() or t.dtype == dtype:
+            return t
+        return t.to(dtype)
+
+    return cast(hidden), cast(weight), cast(bias)
+
+
+def linear_logprob_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    with_entropy: bool = False,
+    with_logit_sum: bool = False,
+    deterministic: bool = False,
+    filter_eps: float | None = None,
+    impl: str = "auto",
+) -> LinearLogprobStats:
+    """Per-row log-prob, lse and optionally entropy and logit sum; see ``linear_logprobs``.
+
+    The building block of ``linear_cross_entropy`` (lse for z-loss, logit sum for label
+    smoothing) and of the fused losses (mean logits). ``filter_eps`` (Triton path only)
+    skips backward tiles whose probabilities are all below it (an approximation; off by
+    default).
+    """
+    require_tensor("hidden", hidden)
+    require_tensor("weight", weight)
+    hidden, weight, bias = _cast_for_autocast(hidden, weight, bias)
+    check_linear_head_inputs(
+        hidden, weight, targets, bias,
+        ignore_index=ignore_index, temperature=temperature, softcap=softcap,
+    )
+    require_positive_finite("filter_eps", filter_eps, allow_none=True)
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
+    resolved = resolve_impl(impl, hidden.device, hidden.dtype)
+    logprobs, entropy, lse, logit_sum = _stats_op(
+        hidden, weight, bias, targets, int(ignore_index), float(temperature),
+        float(softcap) if softcap is not None else None,
+        bool(with_entropy), bool(with_logit_sum), deterministic,
+        float(filter_eps) if filter_eps is not None else None, resolved,
+    )
+    return LinearLogprobStats(
+        logprobs,
+        entropy if with_entropy else None,
+        lse.view(targets.shape),
+        logit_sum if with_logit_sum else None,
+    )
+
+
+def linear_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    bias: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    return_entropy: bool = False,
+    deterministic: bool = False,
+    impl: str = "auto",
+) -> Tensor | LogprobsAndEntropy:
+    """Log-probability of each target token under ``softmax(cap(hidden @ weight^T + bias) / T)``.
+
+    Args:
+        hidden: ``[..., H]`` final hidden states; fp32, fp16 or bf16 (float64 on the torch
+            path). Any strided view is read in place (``hidden[:, :-1]`` is not copied).
+        weight: ``[V, H]`` LM-head weight, same dtype and device as ``hidden``.
+        targets: ``[...]`` integer token ids in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``[V]`` LM-head bias.
+        ignore_index: target value whose position is not scored (output 0, no gradient).
+        temperature: ``T > 0``; log-probs of the distribution the sampler drew from.
+        softcap: optional final-logit soft-cap ``c``: ``c * tanh(l / c)`` (Gemma 2).
+        return_entropy: also return the entropy of each row's distribution.
+        deterministic: backward without atomics (bitwise reproducible; one extra recompute).
+        impl: ``"auto"`` (Triton on CUDA, chunked PyTorch elsewhere), ``"triton"``, ``"torch"``.
+
+    Returns:
+        fp32 tensor shaped like ``targets`` (float64 for float64 inputs), 0 where ignored; with
+        ``return_entropy=True`` a ``LogprobsAndEntropy(logprobs, entropy)``. Differentiable
+        w.r.t. ``hidden``, ``weight`` and ``bias`` through both outputs; nothing of size
+        ``N x V`` is allocated, and no weight/bias gradient work is done when they are frozen.
+    """
+    stats = linear_logprob_stats(
+        hidden, weight, targets,
+        bias=bias, ignore_index=ignore_index, temperature=temperature, softcap=softcap,
+        with_entropy=return_entropy, deterministic=deterministic, impl=impl,
+    )
+    if return_entropy:
+        return LogprobsAndEntropy(stats.logprobs, stats.entropy)
+    return stats.logprobs

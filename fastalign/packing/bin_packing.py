@@ -1,0 +1,64 @@
+"""First-fit-decreasing assignment of sequences to rows of a token budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fastalign._extension import native_extension
+
+BACKENDS = ("auto", "cpp", "python")
+
+
+def first_fit_decreasing_python(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    """Pure-Python twin of the C++ packer: identical output, O(items x bins)."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    room: list[int] = []
+    bin_of = np.full(len(lengths), -1, dtype=np.int64)
+    for item in order:
+        need = int(lengths[item])
+        for bin_index, free in enumerate(room):
+            if free >= need:
+                room[bin_index] -= need
+                bin_of[item] = bin_index
+                break
+        else:
+            room.append(capacity - need)
+            bin_of[item] = len(room) - 1
+    return bin_of
+
+
+def first_fit_decreasing(
+    lengths: Sequence[int] | np.ndarray, capacity: int, *, backend: str = "auto"
+) -> np.ndarray:
+    """Assign items of the given lengths to bins of ``capacity`` tokens.
+
+    Args:
+        lengths: 1-d sequence of ints in ``[1, capacity]``.
+        capacity: tokens per bin (row budget), ``>= 1``.
+        backend: ``"auto"`` (C++ when built), ``"cpp"`` (required) or ``"python"``.
+
+    Returns:
+        int64 array ``[len(lengths)]`` of bin indices; items are placed longest first (ties in
+        input order) into the lowest-numbered bin with room; bins are numbered as opened.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
+        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+    array = np.asarray(lengths)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"lengths must be a 1-d sequence of ints, got shape {array.shape} dtype {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    bad = np.flatnonzero((array < 1) | (array > capacity))
+    if bad.size:
+        raise ValueError(
+            f"lengths[{bad[0]}] = {array[bad[0]]} is outside [1, capacity={capacity}]"
+        )
+    native = native_extension() if backend != "python" else None
+    if backend == "cpp" and native is None:
+        raise ValueError("backend='cpp' but the C++ extension fastalign._C is not built")
+    if native is not None:
+        return native.first_fit_decreasing(array, int(capacity))
+    return first_fit_decreasing_python(array, int(capacity))
