@@ -1,5 +1,6 @@
 """Launchers, autograd and dispatch of fastalign's fused ops (no ``@triton.jit`` code here)."""
 
+from fastalign.ops.linear_cross_entropy import linear_cross_entropy
 from fastalign.ops.linear_logprobs import (
     LinearLogprobStats,
     LogprobsAndEntropy,
@@ -7,4 +8,10 @@ from fastalign.ops.linear_logprobs import (
     linear_logprobs,
 )
 
-__all__ = ["LinearLogprobStats", "LogprobsAndEntropy", "linear_logprob_stats", "linear_logprobs"]
+__all__ = [
+    "LinearLogprobStats",
+    "LogprobsAndEntropy",
+    "linear_cross_entropy",
+    "linear_logprob_stats",
+    "linear_logprobs",
+]

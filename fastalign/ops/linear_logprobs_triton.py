@@ -217,7 +217,8 @@ def triton_backward(
             DH_ATOMIC=atomic_dh,
             DW_ATOMIC=atomic_dw,
             OWN_ROWS=own_rows,
-            FILTER=filter_eps is not None,
+            # The logit-sum gradient is uniform over the vocabulary: nothing may be filtered.
+            FILTER=filter_eps is not None and upstream["logit_sum"] is None,
             DOT_PRECISION=_dot_precision(hidden.dtype),
         )
 

@@ -1,0 +1,88 @@
+"""Benchmark fused linear log-probs vs naive / torch.compile / chunked / peers.
+
+    python bench/bench_linear_logprobs.py --preset cpu-smoke        # any machine
+    python bench/bench_linear_logprobs.py --preset gpu-core         # H100/H200, < 10 min
+
+Writes bench/results/<device>/linear_logprobs_<preset>.{json,csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from fastalign.bench.environment import environment
+from fastalign.bench.linear_logprobs import MODES, rows_as_dicts, run_benchmark
+from fastalign.bench.report import plot_results, write_results
+
+PRESETS = {
+    "cpu-smoke": dict(
+        shapes=[(256, 256, 8192), (1024, 256, 8192)], dtype="float32",
+        providers=["naive", "torch_compile", "chunked_torch", "fastalign"], repeats=5,
+    ),
+    "gpu-core": dict(
+        shapes=[(4096, 4096, 128256), (16384, 4096, 128256)], dtype="bfloat16",
+        providers=["naive", "torch_compile", "chunked_torch", "fastalign", "liger", "cut_cross_entropy"],
+        repeats=10,
+    ),
+    "gpu-grid": dict(
+        shapes=[(n, 4096, v) for v in (128256, 151936) for n in (4096, 16384, 32768)], dtype="bfloat16",
+        providers=["naive", "torch_compile", "chunked_torch", "fastalign", "liger", "cut_cross_entropy"],
+        repeats=10,
+    ),
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        n, h, v = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like NxHxV, got {text!r}") from None
+    if min(n, h, v) < 1:
+        raise argparse.ArgumentTypeError(f"shape entries must be >= 1, got {text!r}")
+    return n, h, v
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke")
+    parser.add_argument("--shapes", nargs="+", type=_parse_shape, help="override: NxHxV ...")
+    parser.add_argument("--providers", nargs="+", help="override the preset's providers")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="override the preset's dtype")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--repeats", type=int, help="timed repeats per case")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"), help="results root folder")
+    args = parser.parse_args(argv)
+
+    preset = PRESETS[args.preset]
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but CUDA is not available")
+    repeats = args.repeats or preset["repeats"]
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    rows = run_benchmark(
+        args.providers or preset["providers"], args.shapes or preset["shapes"],
+        dtype=DTYPES[args.dtype or preset["dtype"]], device=device, modes=args.modes, repeats=repeats,
+    )
+    env = environment(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or device.type
+    stem = f"linear_logprobs_{args.preset}"
+    records = rows_as_dicts(rows)
+    paths = write_results(records, env, args.out / slug, stem)
+    plot = plot_results(records, env, args.out / slug / f"{stem}.png", title="fused linear log-probs")
+    for r in records:
+        timing = f"{r['median_ms']:.2f} ms, {r['peak_mem_mb']:.0f} MiB" if r["status"] == "ok" else r["note"]
+        print(f"{r['provider']:>18} {r['mode']:>16} N={r['n']:<6} V={r['v']:<7} {r['status']:>7}  {timing}")
+    print("wrote", paths["json"], paths["csv"], plot or "(no plot: matplotlib missing)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Benchmark of the fused linear log-prob op against its peers.
+
+For every provider: a correctness check against the float64 oracle at a small size, then for
+each (N, H, V) of the grid: median/spread time of the forward (no grad, as for a reference
+model) and of forward+backward, and peak memory above the inputs. On CUDA a bf16 cuBLAS GEMM
+of the same shape is timed in the same run, giving the 4-GEMM roofline ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from fastalign.bench.measure import is_out_of_memory, peak_memory_bytes, time_callable
+from fastalign.bench.providers import PROVIDERS, Provider
+from fastalign.ops.reference import reference_linear_logprob_stats
+
+MODES = ("forward", "forward_backward")
+# GEMM-equivalents per mode: forward = 1 (h W^T); forward+backward with exact gradients =
+# 4 (forward, one recompute, dH, dW) -- the roofline DESIGN.md measures against.
+GEMMS_PER_MODE = {"forward": 1, "forward_backward": 4}
+
+
+@dataclass
+class Row:
+    provider: str
+    mode: str
+    n: int
+    h: int
+    v: int
+    dtype: str
+    status: str  # ok | oom | skipped | failed_check | error
+    note: str = ""
+    median_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    peak_mem_mb: float | None = None
+    tflops: float | None = None
+    gemm_ms: float | None = None
+    roofline_fraction: float | None = None
+
+
+def _inputs(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen).to(device, dtype)
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).to(device, dtype)
+    targets = torch.randint(0, v, (n,), generator=gen).to(device)
+    return hidden, weight, targets
+
+
+def check_provider(fn, device: torch.device, *, n: int = 64, h: int = 64, v: int = 1000) -> float:
+    """Max abs error of the provider's fp32 log-probs (and grads) vs the float64 oracle."""
+    hidden, weight, targets = _inputs(n, h, v, torch.float32, device, seed=1)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    actual = fn(hidden, weight, targets)
+    actual.sum().backward()
+    oracle_h = hidden.detach().double().requires_grad_()
+    oracle = reference_linear_logprob_stats(oracle_h, weight.detach(), targets).logprobs
+    oracle.sum().backward()
+    value_error = (actual.detach().double() - oracle.detach()).abs().max().item()
+    grad_error = ((hidden.grad.double() - oracle_h.grad).norm() / oracle_h.grad.norm()).item()
+    return max(value_error, grad_error)
+
+
+def _step(fn, mode: str, hidden, weight, targets):
+    if mode == "forward":
+
+        def forward_only():
+            with torch.no_grad():
+                return fn(hidden, weight, targets)
+
+        return forward_only
+
+    def run():
+        hidden.grad = weight.grad = None
+        fn(hidden, weight, targets).sum().backward()
+
+    return run
+
+
+def _gemm_ms(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, h, device=device, dtype=dtype)
+    b = torch.randn(v, h, device=device, dtype=dtype)
+    return time_callable(lambda: a @ b.T, device).median_ms
+
+
+def run_case(provider: Provider, fn, mode: str, n: int, h: int, v: int, dtype: torch.dtype,
+             device: torch.device, gemm_ms: float | None, repeats: int) -> Row:
+    row = Row(provider.name, mode, n, h, v, str(dtype).removeprefix("torch."), "ok")
+    try:
+        hidden, weight, targets = _inputs(n, h, v, dtype, device)
+        if mode == "forward_backward":
+            hidden.requires_grad_()
+            weight.requires_grad_()
+        step = _step(fn, mode, hidden, weight, targets)
+        timing = time_callable(step, device, repeats=repeats)
+        row.median_ms, row.p20_ms, row.p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
+        row.peak_mem_mb = peak_memory_bytes(step, device) / 2**20
+        useful_flops = 2 * n * h * v * (1 if mode == "forward" else 3)
+        row.tflops = useful_flops / (timing.median_ms * 1e-3) / 1e12
+        if gemm_ms is not None:
+            row.gemm_ms = gemm_ms
+            row.roofline_fraction = GEMMS_PER_MODE[mode] * gemm_ms / timing.median_ms
+    except Exception as error:  # noqa: BLE001 - an OOM or a peer's failure is a result, not a crash
+        row.status = "oom" if is_out_of_memory(error) else "error"
+        row.note = f"{type(error).__name__}: {str(error)[:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def run_benchmark(
+    providers: Iterable[str],
+    shapes: Iterable[tuple[int, int, int]],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    modes: Iterable[str] = MODES,
+    repeats: int = 10,
+    check_tolerance: float = 1e-3,
+) -> list[Row]:
+    """Check, then time every provider on every shape and mode; returns one Row per case."""
+    shapes, modes = list(shapes), list(modes)
+    rows: list[Row] = []
+    usable: dict[str, object] = {}
+    for name in providers:
+        if name not in PROVIDERS:
+            raise ValueError(f"unknown provider {name!r}; known: {sorted(PROVIDERS)}")
+        provider = PROVIDERS[name]
+        reason = provider.needs(device)
+        if reason is None:
+            try:
+                fn = provider.build()
+                error = check_provider(fn, device)
+                reason = None if error <= check_tolerance else f"oracle check failed: error {error:.2e}"
+                status = "failed_check" if reason else "ok"
+            except Exception as exc:  # noqa: BLE001
+                reason, status = f"{type(exc).__name__}: {str(exc)[:200]}", "error"
+        else:
+            status = "skipped"
+        if reason is not None:
+            rows += [Row(name, m, n, h, v, str(dtype).removeprefix("torch."), status, reason)
+                     for (n, h, v) in shapes for m in modes]
+        else:
+            usable[name] = fn
+    gemm = {shape: _gemm_ms(*shape, dtype, device) for shape in shapes}
+    cases = [(name, shape, mode) for shape in shapes for name in usable for mode in modes]
+    for name, (n, h, v), mode in tqdm(cases, desc="linear_logprobs", disable=len(cases) < 2):
+        rows.append(run_case(PROVIDERS[name], usable[name], mode, n, h, v, dtype, device, gemm[(n, h, v)], repeats))
+    return rows
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]

@@ -1,0 +1,55 @@
+"""Memory claims, measured with a TorchDispatchMode allocation recorder."""
+
+from __future__ import annotations
+
+import torch
+
+from fastalign import linear_cross_entropy, linear_logprobs
+from fastalign.testing import AllocationRecorder
+
+VOCAB = 128256  # Llama 3
+
+
+def test_torch_path_never_allocates_a_quarter_of_the_logits():
+    n, h = 512, 16
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=gen, requires_grad=True)
+    weight = (torch.randn(VOCAB, h, generator=gen) / 4).requires_grad_()
+    targets = torch.randint(0, VOCAB, (n,), generator=gen)
+    with AllocationRecorder() as fused:
+        out = linear_logprobs(hidden, weight, targets, impl="torch", return_entropy=True)
+        (out.logprobs.sum() + out.entropy.sum()).backward()
+    assert fused.largest_numel < n * VOCAB // 4, (fused.largest_numel, fused.largest_op)
+    # Twin: the recorder does see a naive implementation's logits.
+    with AllocationRecorder() as naive:
+        torch.log_softmax(hidden.detach() @ weight.detach().T, -1)
+    assert naive.largest_numel >= n * VOCAB
+    assert fused.peak_bytes < naive.peak_bytes / 4
+
+
+def test_cross_entropy_memory_independent_of_tokens():
+    """Doubling N leaves the largest allocation (one logits chunk) unchanged."""
+    h = 16
+    weight = torch.randn(VOCAB, h) / 4
+
+    def largest(n):
+        hidden = torch.randn(n, h, requires_grad=True)
+        targets = torch.randint(0, VOCAB, (n,))
+        with AllocationRecorder() as recorder:
+            linear_cross_entropy(hidden, weight, targets, impl="torch").backward()
+        return recorder.largest_numel
+
+    assert largest(128) == largest(256) < 128 * VOCAB // 2
+
+
+def test_triton_path_allocates_nothing_vocab_sized_per_token(kernel_device):
+    """Triton path: allocations are O(N) and the weight-shaped dW accumulator, no N x V."""
+    n, h, vocab = 40, 16, 4096
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=gen).to(kernel_device).requires_grad_()
+    weight = torch.randn(vocab, h, generator=gen).to(kernel_device).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=gen).to(kernel_device)
+    with AllocationRecorder(record_shapes=True) as recorder:
+        linear_logprobs(hidden, weight, targets, impl="triton").sum().backward()
+    assert recorder.largest_numel <= vocab * h
+    assert all(torch.Size(s).numel() < n * vocab // 4 or s == (vocab, h) for _, s in recorder.shapes)

@@ -1,0 +1,136 @@
+"""Triton launch schedules: vocab splits and their exact combine, atomic vs deterministic
+backward, frozen-hidden and bias-only backward, and gradient filtering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastalign.ops.linear_logprobs import linear_logprob_stats
+from fastalign.ops.linear_logprobs_triton import triton_backward, triton_forward
+from fastalign.ops.reference import reference_linear_logprob_stats
+from fastalign.testing import max_abs_error, relative_error
+from tests.ops.oracle_check import assert_matches_oracle, make_case
+
+pytest.importorskip("triton")
+
+OPTIONS = dict(ignore_index=-100, temperature=1.0, softcap=None)
+
+
+def _forward(case, splits):
+    return triton_forward(
+        case.hidden, case.weight, case.bias, case.targets, **OPTIONS,
+        with_entropy=True, with_logit_sum=True, num_splits=splits,
+    )
+
+
+def test_split_vocab_combine_is_exact(kernel_device):
+    """3 vocab splits merged by the combine kernel == one sweep == the oracle."""
+    case = make_case(7, 32, 1000, device=kernel_device, logit_scale=5.0, ignored=[2])
+    one, three = _forward(case, 1), _forward(case, 3)
+    oracle = reference_linear_logprob_stats(case.hidden, case.weight, case.targets)
+    for name in ("logprobs", "entropy", "lse", "logit_sum"):
+        a, b = getattr(one, name).cpu(), getattr(three, name).cpu()
+        ref = getattr(oracle, name).reshape(-1).cpu()
+        assert max_abs_error(a, b) < 5e-5 * max(1.0, ref.abs().max().item()), name
+        assert max_abs_error(b, ref) < 5e-5 * max(1.0, ref.abs().max().item()), name
+    # Twin: averaging partial entropies instead of rescaling moments must be visibly wrong.
+    assert max_abs_error(three.entropy.cpu(), oracle.entropy.cpu()) < 1e-4
+    naive = _naive_split_entropy(case, splits=3)
+    assert max_abs_error(naive, oracle.entropy.cpu()) > 1e-2
+
+
+def _naive_split_entropy(case, splits):
+    """The bug the combine avoids: mean of per-split entropies."""
+    vocab = case.weight.shape[0]
+    bounds = torch.linspace(0, vocab, splits + 1).long().tolist()
+    parts = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        logits = (case.hidden.double() @ case.weight[lo:hi].double().T).cpu()
+        logp = torch.log_softmax(logits, -1)
+        parts.append(-(logp.exp() * logp).sum(-1))
+    entropy = torch.stack(parts).mean(0)
+    return torch.where(case.targets.cpu() != -100, entropy, 0.0).float()
+
+
+def _grads(case, *, deterministic, splits, needs=(True, True, True)):
+    stats = _forward(case, 1)
+    gen = torch.Generator().manual_seed(0)
+    upstream = {
+        name: torch.randn(case.targets.numel(), generator=gen).to(case.hidden.device)
+        for name in ("logprobs", "entropy", "lse")
+    }
+    upstream["logit_sum"] = None
+    return triton_backward(
+        case.hidden, case.weight, case.bias, case.targets, stats.lse, stats.entropy, upstream,
+        **OPTIONS, needs_hidden_grad=needs[0], needs_weight_grad=needs[1], needs_bias_grad=needs[2],
+        deterministic=deterministic, num_splits=splits,
+    ), upstream
+
+
+def test_atomic_and_deterministic_backward_agree(kernel_device):
+    case = make_case(45, 32, 1000, device=kernel_device, with_bias=True, ignored=[1, 2])
+    (dh1, dw1, db1), _ = _grads(case, deterministic=True, splits=None)
+    (dh2, dw2, db2), _ = _grads(case, deterministic=True, splits=None)
+    # Deterministic mode is bitwise reproducible.
+    assert torch.equal(dh1, dh2) and torch.equal(dw1, dw2) and torch.equal(db1, db2)
+    for splits in (1, 3):
+        (dh, dw, db), _ = _grads(case, deterministic=False, splits=splits)
+        for a, b in ((dh, dh1), (dw, dw1), (db, db1)):
+            assert relative_error(a.cpu(), b.cpu()) < 1e-5
+
+
+def test_frozen_hidden_and_bias_only_schedules(kernel_device):
+    """Owning vocab blocks (hidden frozen) and skipping dW (only bias trained) both match."""
+    case = make_case(45, 32, 1000, device=kernel_device, with_bias=True)
+    (dh_all, dw_all, db_all), _ = _grads(case, deterministic=False, splits=1)
+    (dh, dw, db), _ = _grads(case, deterministic=False, splits=2, needs=(False, True, True))
+    assert dh is None
+    assert relative_error(dw.cpu(), dw_all.cpu()) < 1e-5
+    assert relative_error(db.cpu(), db_all.cpu()) < 1e-5
+    (dh, dw, db), _ = _grads(case, deterministic=False, splits=1, needs=(True, False, True))
+    assert dw is None
+    assert relative_error(dh.cpu(), dh_all.cpu()) < 1e-5
+    assert relative_error(db.cpu(), db_all.cpu()) < 1e-5
+
+
+def test_deterministic_flag_through_the_op(kernel_device):
+    case = make_case(33, 32, 1000, device=kernel_device, softcap=8.0, logit_scale=10.0)
+    assert_matches_oracle(case, "triton", deterministic=True)
+    with pytest.raises(AssertionError):
+        assert_matches_oracle(case, "triton", deterministic=True, op_options={"softcap": None})
+
+
+def _peaked_case(device):
+    """Peaked rows (as in a trained LM): most vocab tiles carry probability far below 1e-6."""
+    case = make_case(32, 32, 1000, device=device, logit_scale=1.0, seed=4)
+    case.weight = case.weight.clone()
+    case.weight[:128] *= 40.0  # only the first tile holds real mass
+    case.targets = torch.randint(0, 128, (32,), generator=torch.Generator().manual_seed(1)).to(device)
+    return case
+
+
+def _filter_grads(case, filter_eps):
+    hidden = case.hidden.clone().requires_grad_()
+    weight = case.weight.clone().requires_grad_()
+    out = linear_logprob_stats(hidden, weight, case.targets, filter_eps=filter_eps, impl="triton")
+    out.logprobs.sum().backward()
+    return hidden.grad.cpu(), weight.grad.cpu()
+
+
+def test_gradient_filtering_tradeoff(kernel_device):
+    """filter_eps skips negligible tiles: on peaked rows the skipped tiles' dW rows become
+    exactly 0 and gradients stay close; on flat rows a coarse eps is visibly wrong."""
+    peaked = _peaked_case(kernel_device)
+    exact = _filter_grads(peaked, None)
+    filtered = _filter_grads(peaked, 1e-7)
+    assert exact[1][128:].abs().max() > 0
+    assert torch.equal(filtered[1][128:], torch.zeros_like(filtered[1][128:]))
+    assert relative_error(filtered[0], exact[0]) < 1e-3
+    assert relative_error(filtered[1], exact[1]) < 1e-3
+
+    # Two rows: most vocab tiles hold neither target, so a coarse eps drops them.
+    flat = make_case(2, 32, 1000, device=kernel_device, seed=4)
+    exact = _filter_grads(flat, None)
+    assert relative_error(_filter_grads(flat, 1e-7)[1], exact[1]) < 1e-6
+    assert relative_error(_filter_grads(flat, 0.5)[1], exact[1]) > 1e-2

@@ -1,0 +1,49 @@
+"""The benchmark harness on CPU at tiny sizes: correctness-checked providers, complete
+records, files written. Timings are reported by the harness, never asserted here."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from fastalign.bench.environment import environment
+from fastalign.bench.linear_logprobs import rows_as_dicts, run_benchmark
+from fastalign.bench.report import plot_results, write_results
+
+
+def test_cpu_benchmark_writes_complete_results(tmp_path):
+    rows = run_benchmark(
+        ["naive", "chunked_torch", "fastalign", "liger"], [(64, 32, 500), (128, 32, 500)],
+        dtype=torch.float32, device=torch.device("cpu"), repeats=2,
+    )
+    records = rows_as_dicts(rows)
+    assert len(records) == 4 * 2 * 2
+    by_status = {(r["provider"], r["status"]) for r in records}
+    assert ("naive", "ok") in by_status and ("chunked_torch", "ok") in by_status
+    assert ("fastalign", "skipped") in by_status and ("liger", "skipped") in by_status
+    for r in records:
+        if r["status"] == "ok":
+            assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+            assert r["peak_mem_mb"] > 0 and r["tflops"] > 0
+        else:
+            assert r["note"], r
+    env = environment(torch.device("cpu"))
+    paths = write_results(records, env, tmp_path, "lp")
+    saved = json.loads(paths["json"].read_text())
+    assert saved["environment"]["packages"]["torch"] == torch.__version__
+    assert saved["environment"]["date_utc"] and len(saved["rows"]) == len(records)
+    assert paths["csv"].read_text().count("\n") == len(records) + 1
+    assert plot_results(records, env, tmp_path / "lp.png", title="t").stat().st_size > 0
+
+
+def test_failed_oracle_check_is_recorded_not_timed(monkeypatch):
+    from fastalign.bench import providers
+
+    broken = providers.Provider(
+        "broken", lambda: lambda h, w, t: providers.naive_logprobs(h, w, t) + 0.1, lambda d: None
+    )
+    monkeypatch.setitem(providers.PROVIDERS, "broken", broken)
+    rows = run_benchmark(["broken"], [(16, 8, 50)], dtype=torch.float32, device=torch.device("cpu"), repeats=1)
+    assert {r.status for r in rows} == {"failed_check"}
+    assert all(r.median_ms is None for r in rows)
