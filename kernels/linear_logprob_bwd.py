@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .autotune import backward_configs
-from .logits_tile import logits_tile
+from .logits_tile import logits_tile, row_block
 
 
 @triton.jit
@@ -97,12 +97,10 @@ def linear_logprob_bwd_kernel(
         else:
             n_block = sweep
             v_block = pid_own
-        offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
-        targets = tl.load(targets_ptr + offs_n, mask=mask_n, other=ignore_index).to(tl.int64)
-        active = mask_n & (targets != ignore_index)
+        offs_n, mask_n, targets, active, row_offsets = row_block(
+            targets_ptr, row_offsets_ptr, n_block, N, ignore_index, BLOCK_N
+        )
         if tl.max(active.to(tl.int32), axis=0) > 0:
-            row_offsets = tl.load(row_offsets_ptr + offs_n, mask=mask_n, other=0)
             offs_v = v_block * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
             mask_v = offs_v < V
             z = logits_tile(

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .autotune import forward_configs
-from .logits_tile import logits_tile
+from .logits_tile import logits_tile, row_block
 
 # A finite "minus infinity" keeps (m_old - m_new) * s_old == 0 on the first tile instead of NaN.
 _NEG_BIG = -3.0e38
@@ -54,13 +54,11 @@ def linear_logprob_fwd_kernel(
 ):
     pid_n = tl.program_id(0)
     pid_split = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    targets = tl.load(targets_ptr + offs_n, mask=mask_n, other=ignore_index).to(tl.int64)
-    active = mask_n & (targets != ignore_index)
-    # Row blocks with nothing to score (prompt tokens, padding) cost one load and exit.
+    offs_n, mask_n, targets, active, row_offsets = row_block(
+        targets_ptr, row_offsets_ptr, pid_n, N, ignore_index, BLOCK_N
+    )
+    # Row blocks with nothing to score (prompt tokens, padding) cost two loads and exit.
     if tl.max(active.to(tl.int32), axis=0) > 0:
-        row_offsets = tl.load(row_offsets_ptr + offs_n, mask=mask_n, other=0)
         v_begin = pid_split * v_per_split
         v_end = tl.minimum(v_begin + v_per_split, V)
         run_max = tl.full((BLOCK_N,), _NEG_BIG, dtype=tl.float32)

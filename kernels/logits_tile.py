@@ -1,4 +1,4 @@
-"""Recompute one tile of logits ``z = cap(h @ W^T + b) / temperature`` in fp32 registers."""
+"""Row-block prologue and the recompute of one tile of logits ``z = cap(h @ W^T + b) / T``."""
 
 import triton
 import triton.language as tl
@@ -9,6 +9,17 @@ def tanh_via_exp(x):
     # libdevice.tanh is not available under TRITON_INTERPRET; this form saturates cleanly
     # at +-1 for large |x| (exp overflows to inf, 2 / inf == 0).
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def row_block(targets_ptr, row_offsets_ptr, block, N, ignore_index, BLOCK_N: tl.constexpr):
+    """Rows of block ``block``: ids, in-range mask, targets (int64), scored mask, hidden offsets."""
+    offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    targets = tl.load(targets_ptr + offs_n, mask=mask_n, other=ignore_index).to(tl.int64)
+    active = mask_n & (targets != ignore_index)
+    row_offsets = tl.load(row_offsets_ptr + offs_n, mask=mask_n, other=0)
+    return offs_n, mask_n, targets, active, row_offsets
 
 
 @triton.jit
