@@ -47,3 +47,14 @@ def test_failed_oracle_check_is_recorded_not_timed(monkeypatch):
     rows = run_benchmark(["broken"], [(16, 8, 50)], dtype=torch.float32, device=torch.device("cpu"), repeats=1)
     assert {r.status for r in rows} == {"failed_check"}
     assert all(r.median_ms is None for r in rows)
+
+
+def test_dpo_layer_benchmark_checks_and_measures():
+    from fastalign.bench.dpo_layer import run_benchmark as run_dpo
+
+    rows = run_dpo(["naive", "liger", "fastalign"], [(2, 32, 16, 300)], dtype=torch.float32,
+                   device=torch.device("cpu"), repeats=2)
+    assert {r.provider for r in rows} == {"naive", "liger", "fastalign"}
+    for r in rows:
+        assert r.status == "ok", r.note
+        assert r.n == 2 * 2 * 32 and r.median_ms > 0 and r.peak_mem_mb > 0

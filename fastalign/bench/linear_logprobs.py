@@ -9,38 +9,20 @@ of the same shape is timed in the same run, giving the 4-GEMM roofline ratio.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
 
-from fastalign.bench.measure import is_out_of_memory, peak_memory_bytes, time_callable
 from fastalign.bench.providers import PROVIDERS, Provider
+from fastalign.bench.runner import Row, dtype_name, gemm_ms, measure_case, rows_as_dicts
 from fastalign.ops.reference import reference_linear_logprob_stats
+
+__all__ = ["MODES", "check_provider", "rows_as_dicts", "run_benchmark"]
 
 MODES = ("forward", "forward_backward")
 # GEMM-equivalents per mode: forward = 1 (h W^T); forward+backward with exact gradients =
 # 4 (forward, one recompute, dH, dW) -- the roofline DESIGN.md measures against.
 GEMMS_PER_MODE = {"forward": 1, "forward_backward": 4}
-
-
-@dataclass
-class Row:
-    provider: str
-    mode: str
-    n: int
-    h: int
-    v: int
-    dtype: str
-    status: str  # ok | oom | skipped | failed_check | error
-    note: str = ""
-    median_ms: float | None = None
-    p20_ms: float | None = None
-    p80_ms: float | None = None
-    peak_mem_mb: float | None = None
-    tflops: float | None = None
-    gemm_ms: float | None = None
-    roofline_fraction: float | None = None
 
 
 def _inputs(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -82,38 +64,19 @@ def _step(fn, mode: str, hidden, weight, targets):
     return run
 
 
-def _gemm_ms(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    a = torch.randn(n, h, device=device, dtype=dtype)
-    b = torch.randn(v, h, device=device, dtype=dtype)
-    return time_callable(lambda: a @ b.T, device).median_ms
-
-
 def run_case(provider: Provider, fn, mode: str, n: int, h: int, v: int, dtype: torch.dtype,
-             device: torch.device, gemm_ms: float | None, repeats: int) -> Row:
-    row = Row(provider.name, mode, n, h, v, str(dtype).removeprefix("torch."), "ok")
-    try:
+             device: torch.device, gemm: float | None, repeats: int) -> Row:
+    def build():
         hidden, weight, targets = _inputs(n, h, v, dtype, device)
         if mode == "forward_backward":
             hidden.requires_grad_()
             weight.requires_grad_()
-        step = _step(fn, mode, hidden, weight, targets)
-        timing = time_callable(step, device, repeats=repeats)
-        row.median_ms, row.p20_ms, row.p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
-        row.peak_mem_mb = peak_memory_bytes(step, device) / 2**20
-        useful_flops = 2 * n * h * v * (1 if mode == "forward" else 3)
-        row.tflops = useful_flops / (timing.median_ms * 1e-3) / 1e12
-        if gemm_ms is not None:
-            row.gemm_ms = gemm_ms
-            row.roofline_fraction = GEMMS_PER_MODE[mode] * gemm_ms / timing.median_ms
-    except Exception as error:  # noqa: BLE001 - an OOM or a peer's failure is a result, not a crash
-        row.status = "oom" if is_out_of_memory(error) else "error"
-        row.note = f"{type(error).__name__}: {str(error)[:200]}"
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return row
+        return _step(fn, mode, hidden, weight, targets)
+
+    row = Row(provider.name, mode, n, h, v, dtype_name(dtype), "ok")
+    return measure_case(row, build, device, repeats=repeats,
+                        useful_flops=2 * n * h * v * (1 if mode == "forward" else 3),
+                        gemm_ms=gemm, gemm_count=GEMMS_PER_MODE[mode])
 
 
 def run_benchmark(
@@ -146,16 +109,12 @@ def run_benchmark(
         else:
             status = "skipped"
         if reason is not None:
-            rows += [Row(name, m, n, h, v, str(dtype).removeprefix("torch."), status, reason)
+            rows += [Row(name, m, n, h, v, dtype_name(dtype), status, reason)
                      for (n, h, v) in shapes for m in modes]
         else:
             usable[name] = fn
-    gemm = {shape: _gemm_ms(*shape, dtype, device) for shape in shapes}
+    gemm = {shape: gemm_ms(*shape, dtype, device) for shape in shapes}
     cases = [(name, shape, mode) for shape in shapes for name in usable for mode in modes]
     for name, (n, h, v), mode in tqdm(cases, desc="linear_logprobs", disable=len(cases) < 2):
         rows.append(run_case(PROVIDERS[name], usable[name], mode, n, h, v, dtype, device, gemm[(n, h, v)], repeats))
     return rows
-
-
-def rows_as_dicts(rows: list[Row]) -> list[dict]:
-    return [asdict(r) for r in rows]

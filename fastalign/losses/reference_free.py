@@ -135,11 +135,19 @@ def orpo_loss(
     ``NLL(chosen) - β log σ(log OR)`` (TRL 1.16's ``ORPOTrainer``; β is the paper's λ).
     Rewards are ``β a``; ``metrics`` has ``log_odds_ratio`` (mean log σ(log OR)) and
     ``log_odds_chosen`` (mean log OR).
+
+    An empty answer (0 scored tokens, e.g. truncated away) has probability 1 and infinite
+    odds: that raises ``ValueError`` instead of returning an infinite loss.
     """
     check_logps(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps)
     batch = policy_chosen_logps.shape[0]
     check_lengths("chosen_lengths", chosen_lengths, batch, "orpo")
     check_lengths("rejected_lengths", rejected_lengths, batch, "orpo")
+    for name, lengths in (("chosen_lengths", chosen_lengths), ("rejected_lengths", rejected_lengths)):
+        empty = (lengths == 0).nonzero()
+        if empty.numel():
+            raise ValueError(f"{name}[{int(empty[0])}] is 0: ORPO's odds ratio is undefined for an empty answer "
+                             "(drop the pair or keep at least one answer token)")
     check_positive("beta", beta)
     chosen_avg = _average(policy_chosen_logps, chosen_lengths)
     rejected_avg = _average(policy_rejected_logps, rejected_lengths)
