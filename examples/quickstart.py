@@ -33,3 +33,18 @@ logits = (hidden[:, :-1] @ lm_head.weight.T).float()
 naive = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), labels[:, 1:].reshape(-1))
 print(f"naive loss {naive.item():.4f} (difference {abs(naive.item() - loss.item()):.1e})")
 assert abs(naive.item() - loss.item()) < 1e-4
+
+# A DPO step on the LM head: chosen rows first, then rejected; reference under no_grad.
+from fastalign import FusedLinearDPOLoss  # noqa: E402  (same interface as Liger's)
+
+pairs = 2
+policy_hidden = torch.randn(2 * pairs, seq, hidden_size, device=device, requires_grad=True)
+reference_hidden = policy_hidden.detach() + 0.01 * torch.randn_like(policy_hidden)
+answer_targets = torch.randint(0, vocab, (2 * pairs, seq), device=device)
+answer_targets[:, :96] = -100  # the shared prompt
+dpo = FusedLinearDPOLoss(beta=0.1)
+loss, (chosen_logps, rejected_logps, *_, chosen_rewards, rejected_rewards) = dpo(
+    lm_head.weight, policy_hidden, answer_targets, None, reference_hidden, lm_head.weight.detach()
+)
+loss.backward()
+print(f"DPO loss {loss.item():.4f}, reward margins {(chosen_rewards - rejected_rewards).tolist()}")
