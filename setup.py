@@ -43,7 +43,7 @@ def extension_modules():
     return [
         Pybind11Extension(
             "fastalign._C",
-            ["csrc/extension.cpp", "csrc/bin_packing.cpp"],
+            ["csrc/extension.cpp", "csrc/bin_packing.cpp", "csrc/packing_layout.cpp"],
             cxx_std=17,
         )
     ]

@@ -1,5 +1,22 @@
-"""Packing of token sequences into fixed-budget rows (C++ extension with a Python twin)."""
+"""Packed, prefix-shared batches: ``PackedBatch`` and the packers (C++ with a Python twin)."""
 
+from fastalign.packing.batch import CHOSEN, PROMPT, REJECTED, PackedBatch
 from fastalign.packing.bin_packing import first_fit_decreasing
+from fastalign.packing.pack import (
+    PackedRows,
+    PackingStats,
+    pack_completion_examples,
+    pack_preference_examples,
+)
 
-__all__ = ["first_fit_decreasing"]
+__all__ = [
+    "CHOSEN",
+    "PROMPT",
+    "REJECTED",
+    "PackedBatch",
+    "PackedRows",
+    "PackingStats",
+    "first_fit_decreasing",
+    "pack_completion_examples",
+    "pack_preference_examples",
+]

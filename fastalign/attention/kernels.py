@@ -1,0 +1,138 @@
+"""Packed attention computations, one per backend, all on transformers' tensor layout.
+
+Inputs: ``query [1, Hq, T, D]``, ``key``/``value [1, Hkv, T, D]`` (one packed row), a
+``PackedAttention``; output ``[1, T, Hq, D]`` (what transformers' attention functions return).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from fastalign.attention.metadata import PackedAttention
+
+
+def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
+    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+
+
+def eager_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
+    """Explicit scores and mask; supports everything (softcap included). O(T²) memory."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~meta.dense_mask(sliding_window), float("-inf"))
+    # Softmax in at least fp32, like transformers' eager attention (float64 stays float64).
+    weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=dropout > 0)
+    return torch.matmul(weights, value).transpose(1, 2)
+
+
+def sdpa_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
+    """``scaled_dot_product_attention`` with an explicit boolean mask (never ``is_causal``)."""
+    if softcap is not None:
+        raise ValueError("the sdpa backend cannot apply an attention logit softcap")
+    groups = query.shape[1] // key.shape[1]
+    key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=meta.dense_mask(sliding_window), dropout_p=dropout, scale=scaling
+    )
+    return out.transpose(1, 2)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
+    """FlexAttention with a block mask from the packing rule; compiled on CUDA."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if dropout > 0:
+        raise ValueError("the flex backend does not support attention dropout")
+    on_cuda = query.is_cuda
+    tokens = meta.num_tokens
+
+    def build():
+        def mask_mod(batch, head, q_index, k_index):
+            return meta.allowed(q_index, k_index, sliding_window)
+
+        return create_block_mask(mask_mod, None, None, tokens, tokens, device=query.device, _compile=on_cuda)
+
+    block_mask = meta.cached(("flex", sliding_window, on_cuda), build)
+    score_mod = None
+    if softcap is not None:
+
+        def score_mod(score, batch, head, q_index, k_index):
+            return torch.tanh(score / softcap) * softcap
+
+    attend = _compiled_flex() if on_cuda else flex_attention
+    out = attend(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scaling,
+                 enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2)
+
+
+def gather_varlen(query, key, value, meta: PackedAttention):
+    """``[1, H, T, D]`` → queries ``[T, Hq, D]`` and keys/values gathered ``[K, Hkv, D]``."""
+    q = query[0].transpose(0, 1)
+    k = key[0].transpose(0, 1).index_select(0, meta.kv_index)
+    v = value[0].transpose(0, 1).index_select(0, meta.kv_index)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def flash_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
+    """flash-attn varlen; causal is aligned bottom-right, which is what ``[R]`` vs ``[P R]`` needs."""
+    from flash_attn import flash_attn_varlen_func
+
+    q, k, v = gather_varlen(query, key, value, meta)
+    out = flash_attn_varlen_func(
+        q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q, meta.max_seqlen_k,
+        dropout_p=dropout, softmax_scale=scaling, causal=True,
+        window_size=(sliding_window - 1 if sliding_window is not None else -1, 0),
+        softcap=softcap or 0.0,
+    )
+    return out[None]
+
+
+@functools.cache
+def torch_varlen_signature() -> frozenset[str]:
+    """Keyword names of ``torch.nn.attention.varlen.varlen_attn`` in this torch (empty if absent)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def torch_varlen_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
+    """``torch.nn.attention.varlen.varlen_attn`` (CUDA). Causal is ``window_size=(-1, 0)`` in
+    torch 2.13; older releases spelled it ``is_causal=True``."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    if softcap is not None or dropout > 0:
+        raise ValueError("torch varlen_attn supports neither an attention softcap nor dropout")
+    params = torch_varlen_signature()
+    q, k, v = gather_varlen(query, key, value, meta)
+    kwargs = {"scale": scaling}
+    if "window_size" in params:
+        kwargs["window_size"] = (sliding_window - 1 if sliding_window is not None else -1, 0)
+    elif sliding_window is not None:
+        raise ValueError("this torch's varlen_attn has no window_size: no sliding windows")
+    else:
+        kwargs["is_causal"] = True
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_seqlen_q, meta.max_seqlen_k, **kwargs)
+    return out[None]

@@ -1,0 +1,78 @@
+"""What an attention backend needs to know about a packed row, built once per forward.
+
+The rule (DESIGN.md, "Packed, prefix-shared batches"): query ``q`` may attend to key ``k`` iff
+both are in the same attention group, ``pos[k] <= pos[q]``, ``k`` is a prompt token or in
+``q``'s own segment (so a rejected token never sees a chosen one), and — with a sliding window
+``w`` — ``pos[q] - pos[k] < w``. Windows are measured in position space, which is what the
+model saw in training: R continues at ``len(P)`` no matter how long C is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fastalign.packing.batch import PROMPT, PackedBatch
+
+
+@dataclass
+class PackedAttention:
+    """Per-token tensors of one packed row plus caches shared by all layers of one forward.
+
+    ``group_ids``, ``segment_ids``, ``positions``: ``[T]``; ``cu_seqlens_q/k`` int32 ``[S+1]``,
+    ``kv_index`` int64 ``[K]`` for varlen kernels. ``calls`` counts attention-layer invocations
+    so the caller can prove every layer went through a packed-aware backend.
+    """
+
+    group_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    positions: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    kv_index: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    calls: int = 0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_batch(cls, batch: PackedBatch) -> PackedAttention:
+        return cls(
+            group_ids=batch.group_ids,
+            segment_ids=batch.segment_ids,
+            positions=batch.position_ids[0],
+            cu_seqlens_q=batch.cu_seqlens_q,
+            cu_seqlens_k=batch.cu_seqlens_k,
+            kv_index=batch.kv_index,
+            max_seqlen_q=batch.max_seqlen_q,
+            max_seqlen_k=batch.max_seqlen_k,
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return self.group_ids.shape[0]
+
+    def allowed(self, q: torch.Tensor, k: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+        """Elementwise rule on index tensors ``q``, ``k`` (broadcastable); bool result."""
+        pos_q, pos_k = self.positions[q], self.positions[k]
+        seg_q, seg_k = self.segment_ids[q], self.segment_ids[k]
+        keep = (self.group_ids[q] == self.group_ids[k]) & (pos_k <= pos_q)
+        keep = keep & ((seg_k == PROMPT) | (seg_k == seg_q))
+        if sliding_window is not None:
+            keep = keep & (pos_q - pos_k < sliding_window)
+        return keep
+
+    def dense_mask(self, sliding_window: int | None) -> torch.Tensor:
+        """bool ``[T, T]`` (True = attend), cached per window. O(T²): CPU and tests only."""
+        key = ("dense", sliding_window)
+        if key not in self._cache:
+            index = torch.arange(self.num_tokens, device=self.group_ids.device)
+            self._cache[key] = self.allowed(index[:, None], index[None, :], sliding_window)
+        return self._cache[key]
+
+    def cached(self, key: tuple, build):
+        """Memoize a backend-specific object (block masks) for the layers of this forward."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]

@@ -1,0 +1,183 @@
+"""The policy module: a Hugging Face causal LM and the fused log-prob head in one ``nn.Module``.
+
+Its forward takes a ``PackedBatch``, runs the decoder once over the packed row (prompt shared
+by both answers), gathers only the hidden rows the label index names and feeds them to
+``linear_logprobs`` — full-vocabulary logits never exist. DDP / FSDP2 wrap this module, so
+their hooks see the LM-head weight used inside the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from fastalign.attention import (
+    PACKED_KWARG,
+    PREFIX,
+    PackedAttention,
+    is_packed_backend,
+    packed_forward,
+    register_backends,
+    select_backend,
+)
+from fastalign.losses.sequence import sequence_logps
+from fastalign.ops import linear_logprobs
+from fastalign.packing.batch import PackedBatch
+
+
+class TokenLogprobs(NamedTuple):
+    logprobs: torch.Tensor  # fp32 [M], one per label row of the batch
+    entropy: torch.Tensor | None  # fp32 [M] when asked for
+
+
+class PackedLogprobs(NamedTuple):
+    """Per-example results of one packed row (``E`` examples, ``M`` scored tokens)."""
+
+    chosen: torch.Tensor  # fp32 [E] summed log-probs of the chosen answer
+    rejected: torch.Tensor  # fp32 [E] (0 in completion mode)
+    chosen_tokens: torch.Tensor  # int64 [E]
+    rejected_tokens: torch.Tensor  # int64 [E]
+    example_index: torch.Tensor  # int64 [E] index in the packer's input lists
+    token_logprobs: torch.Tensor  # fp32 [M]
+    token_entropy: torch.Tensor | None  # fp32 [M] when asked for
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers ``*ForCausalLM`` inside ``model`` (unwraps PEFT)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def text_config(model: nn.Module):
+    config = causal_lm(model).config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+class PolicyModel(nn.Module):
+    """``model`` (HF causal LM, optionally PEFT-wrapped) + fused log-prob head.
+
+    Args:
+        model: a transformers causal LM whose attention goes through ``AttentionInterface``
+            (Llama, Qwen2/3, Mistral, Gemma2, ...). Its attention implementation is switched
+            to a fastalign backend, which behaves like the built-in one outside packed forwards.
+        attention: ``"auto"`` or a backend name from ``fastalign.attention.BACKENDS``.
+
+    ``state_dict()`` / ``load_state_dict()`` use the keys of ``model``.
+    """
+
+    def __init__(self, model: nn.Module, *, attention: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module) or not hasattr(causal_lm(model), "get_decoder"):
+            raise ValueError(f"model must be a transformers causal LM, got {type(model).__name__}")
+        head = causal_lm(model).get_output_embeddings()
+        if not isinstance(head, nn.Linear) or type(head) is not nn.Linear:
+            raise ValueError(
+                f"model's output embedding must be a plain nn.Linear (got {type(head).__name__}); "
+                "adapters on the LM head are not supported"
+            )
+        if getattr(text_config(model), "logit_scale", None) not in (None, 1.0):
+            raise ValueError("models with a logit_scale on the LM head are not supported")
+        self.model = model
+        self.attention = attention
+        self._backend_device: torch.device | None = None
+        register_backends()
+
+    def _select_backend(self, device: torch.device) -> None:
+        if self._backend_device == device:
+            return
+        needs_grad = any(parameter.requires_grad for parameter in self.model.parameters())
+        backend = select_backend(causal_lm(self.model).config, device, requested=self.attention, needs_grad=needs_grad)
+        causal_lm(self.model).set_attn_implementation(PREFIX + backend.name)
+        self._backend_device = device
+
+    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
+        """Final hidden states ``[T, H]`` of the packed row (after the model's last norm)."""
+        if not isinstance(batch, PackedBatch):
+            raise ValueError(f"batch must be a PackedBatch, got {type(batch).__name__}")
+        lm = causal_lm(self.model)
+        parameter = next(lm.parameters())
+        if batch.device != parameter.device:
+            raise ValueError(f"batch is on {batch.device} but the model is on {parameter.device}; use batch.to(...)")
+        self._select_backend(parameter.device)
+        implementation = lm.config._attn_implementation
+        if not is_packed_backend(implementation):
+            raise ValueError(
+                f"the model's attention implementation is {implementation!r}: transformers' built-in "
+                "attention would let rejected tokens attend to chosen ones in a packed batch"
+            )
+        meta = PackedAttention.from_batch(batch)
+        with packed_forward():
+            output = lm.get_decoder()(
+                input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **{PACKED_KWARG: meta}
+            )
+        expected = text_config(self.model).num_hidden_layers
+        if meta.calls != expected:
+            raise RuntimeError(
+                f"{expected - meta.calls} of {expected} attention layers did not go through fastalign's packed "
+                f"attention (implementation {lm.config._attn_implementation!r}); their output would mix answers"
+            )
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        return hidden[0]
+
+    def forward(self, batch: PackedBatch, *, temperature: float = 1.0, return_entropy: bool = False) -> TokenLogprobs:
+        """Log-probs (fp32 ``[M]``) of ``batch.targets``, and entropies when asked for."""
+        hidden = self.hidden_states(batch)
+        rows = hidden.index_select(0, batch.label_index)
+        head = causal_lm(self.model).get_output_embeddings()
+        result = linear_logprobs(
+            rows, head.weight, batch.targets, bias=head.bias, temperature=temperature,
+            softcap=getattr(text_config(self.model), "final_logit_softcapping", None),
+            return_entropy=return_entropy,
+        )
+        if return_entropy:
+            return TokenLogprobs(result.logprobs, result.entropy)
+        return TokenLogprobs(result, None)
+
+    def state_dict(self, *args, **kwargs) -> dict[str, Any]:  # noqa: D102 - keys of the HF model
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: D102
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def reduce_packed(batch: PackedBatch, tokens: TokenLogprobs) -> PackedLogprobs:
+    """Sum token log-probs per (example, chosen | rejected) with one ``index_add``."""
+    num_examples = batch.num_examples
+    segment = batch.label_example * 2 + (batch.label_segment.long() - 1)
+    sums = sequence_logps(tokens.logprobs, segment_ids=segment, num_sequences=2 * num_examples)
+    per_answer, counts = sums.sums.view(num_examples, 2), sums.counts.view(num_examples, 2)
+    return PackedLogprobs(
+        chosen=per_answer[:, 0], rejected=per_answer[:, 1],
+        chosen_tokens=counts[:, 0], rejected_tokens=counts[:, 1],
+        example_index=batch.example_index, token_logprobs=tokens.logprobs, token_entropy=tokens.entropy,
+    )
+
+
+def packed_logprobs(
+    model: nn.Module,
+    batch: PackedBatch,
+    *,
+    attention: str = "auto",
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> PackedLogprobs:
+    """Per-example chosen / rejected log-prob sums of a packed row.
+
+    Args:
+        model: a ``PolicyModel`` or a plain transformers causal LM (its attention implementation
+            is restored afterwards).
+        batch: one ``PackedBatch`` on the model's device.
+        attention: backend for a plain model (``PolicyModel`` keeps its own).
+    """
+    if isinstance(model, PolicyModel):
+        return reduce_packed(batch, model(batch, temperature=temperature, return_entropy=return_entropy))
+    lm = causal_lm(model) if isinstance(model, nn.Module) else None
+    original = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    policy = PolicyModel(model, attention=attention)
+    try:
+        return reduce_packed(batch, policy(batch, temperature=temperature, return_entropy=return_entropy))
+    finally:
+        if original is not None and lm.config._attn_implementation != original:
+            lm.set_attn_implementation(original)
