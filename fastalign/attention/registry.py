@@ -44,6 +44,7 @@ class Backend:
     cuda_only: bool
     cpu_backward: bool
     installed: Callable[[], bool] = lambda: True
+    auto_on_cpu: bool = True  # picked by "auto" on CPU (flex is unfused, hence slow, there)
 
     def unsupported(self, requirements: ModelRequirements, device: torch.device, needs_grad: bool) -> str | None:
         """Why this backend cannot run the model here, or ``None`` if it can."""
@@ -98,7 +99,7 @@ BACKENDS: dict[str, Backend] = {
                 dropout=False, cuda_only=True, cpu_backward=False,
                 installed=lambda: bool(kernels.torch_varlen_signature())),
         Backend("flex", kernels.flex_packed, "sdpa", softcap=True, sliding_window=True, dropout=False,
-                cuda_only=False, cpu_backward=False),
+                cuda_only=False, cpu_backward=False, auto_on_cpu=False),
         Backend("sdpa", kernels.sdpa_packed, "sdpa", softcap=False, sliding_window=True, dropout=True,
                 cuda_only=False, cpu_backward=True),
         Backend("eager", kernels.eager_packed, "eager", softcap=True, sliding_window=True, dropout=True,
@@ -174,6 +175,8 @@ def select_backend(config, device: torch.device, *, requested: str = "auto", nee
     reasons = {}
     for backend in BACKENDS.values():
         reason = backend.unsupported(requirements, device, needs_grad)
+        if reason is None and device.type == "cpu" and not backend.auto_on_cpu:
+            reason = "is not chosen automatically on CPU"
         if reason is None:
             logger.info("fastalign packed attention: %s (on %s)", backend.name, device.type)
             return backend

@@ -7,5 +7,21 @@ from fastalign.models.policy import (
     TokenLogprobs,
     packed_logprobs,
 )
+from fastalign.models.reference import (
+    AdapterReference,
+    PrecomputedReference,
+    Reference,
+    SeparateReference,
+)
 
-__all__ = ["enable_activation_checkpointing", "PackedLogprobs", "PolicyModel", "TokenLogprobs", "packed_logprobs"]
+__all__ = [
+    "AdapterReference",
+    "PackedLogprobs",
+    "PolicyModel",
+    "PrecomputedReference",
+    "Reference",
+    "SeparateReference",
+    "TokenLogprobs",
+    "enable_activation_checkpointing",
+    "packed_logprobs",
+]

@@ -1,0 +1,7 @@
+"""Trainers: SFT and DPO on packed rows, with config dataclasses and resumable checkpoints."""
+
+from fastalign.train.config import DPOConfig, SFTConfig, TrainConfig
+from fastalign.train.dpo import DPOTrainer
+from fastalign.train.sft import SFTTrainer
+
+__all__ = ["DPOConfig", "DPOTrainer", "SFTConfig", "SFTTrainer", "TrainConfig"]

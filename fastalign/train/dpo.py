@@ -1,0 +1,127 @@
+"""``DPOTrainer``: DPO-family (and reference-free SimPO / CPO / ORPO) training on packed,
+prefix-shared rows; the policy and the reference read the same ``PackedBatch``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fastalign.eval.preference import preference_accuracy
+from fastalign.losses import cpo_loss, dpo_loss, orpo_loss, simpo_loss
+from fastalign.losses.outputs import PreferenceLossOutput
+from fastalign.models import (
+    AdapterReference,
+    PackedLogprobs,
+    PrecomputedReference,
+    Reference,
+    SeparateReference,
+    packed_logprobs,
+)
+from fastalign.packing import PackedBatch, pack_preference_examples
+from fastalign.train.base import Trainer
+from fastalign.train.config import DPOConfig
+from fastalign.train.data_glue import preference_token_lists
+
+
+class DPOTrainer(Trainer):
+    """Train ``model`` on preference pairs.
+
+    Args:
+        model: transformers causal LM (the SFT model); trained in place.
+        tokenizer: used when the data holds text (``prompt``/``chosen``/``rejected``) and for
+            saving; token-id columns (``prompt_ids``/...) are used as they are.
+        train_data, eval_data: ``datasets.Dataset`` (text or token-id columns).
+        config: ``DPOConfig``.
+        reference_model: the reference for ``reference="separate"`` (default: a frozen copy of
+            ``model`` as given, i.e. the initial policy).
+    """
+
+    config: DPOConfig
+
+    def __init__(self, model: nn.Module, tokenizer, train_data, config: DPOConfig, *, eval_data=None,
+                 reference_model: nn.Module | None = None) -> None:
+        if not isinstance(config, DPOConfig):
+            raise ValueError(f"config must be a DPOConfig, got {type(config).__name__}")
+        super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
+        self.references = self._build_references(reference_model)
+
+    def pack(self, data, name: str) -> list[PackedBatch]:
+        prompts, chosen, rejected = preference_token_lists(data, self.tokenizer, name)
+        c = self.config
+        return pack_preference_examples(
+            prompts, chosen, rejected, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
+            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow,
+        )
+
+    def _build_references(self, reference_model: nn.Module | None) -> dict[str, Reference | None]:
+        kind = self.config.reference
+        if kind == "none":
+            return {"train": None, "eval": None}
+        if kind == "adapter":
+            shared = AdapterReference(self.policy)
+            return {"train": shared, "eval": shared}
+        source = reference_model if reference_model is not None else self.policy.model
+        frozen = SeparateReference(source.to(self.device), attention=self.config.attention)
+        if kind == "separate":
+            return {"train": frozen, "eval": frozen}
+        # precomputed: one pass of the frozen copy over every example, then the copy is freed.
+        tables = {"train": self._precompute(frozen, self.train_rows)}
+        tables["eval"] = self._precompute(frozen, self.eval_rows) if self.eval_rows else None
+        return tables
+
+    def _precompute(self, reference: Reference, rows: list[PackedBatch]) -> PrecomputedReference:
+        count = 1 + max(int(row.example_index.max()) for row in rows)
+        with self.autocast():
+            return PrecomputedReference.compute(reference, (row.to(self.device) for row in rows), count)
+
+    def objective(self, out: PackedLogprobs, reference: tuple[torch.Tensor, torch.Tensor] | None,
+                  num_pairs: int) -> PreferenceLossOutput:
+        c = self.config
+        lengths = dict(chosen_lengths=out.chosen_tokens, rejected_lengths=out.rejected_tokens)
+        if c.loss_type == "simpo":
+            return simpo_loss(out.chosen, out.rejected, beta=c.beta, gamma=c.simpo_gamma,
+                              label_smoothing=c.label_smoothing, num_pairs=num_pairs, **lengths)
+        if c.loss_type == "cpo":
+            return cpo_loss(out.chosen, out.rejected, out.chosen_tokens, beta=c.beta,
+                            label_smoothing=c.label_smoothing, num_pairs=num_pairs)
+        if c.loss_type == "orpo":
+            return orpo_loss(out.chosen, out.rejected, beta=c.beta, num_pairs=num_pairs, **lengths)
+        ref_chosen, ref_rejected = reference if reference is not None else (None, None)
+        return dpo_loss(out.chosen, out.rejected, ref_chosen, ref_rejected, beta=c.beta, loss_type=c.loss_type,
+                        loss_weights=c.loss_weights, label_smoothing=c.label_smoothing, rpo_alpha=c.rpo_alpha,
+                        num_pairs=num_pairs, **lengths)
+
+    def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
+        num_pairs = sum(row.num_examples for row in rows)
+        totals: dict[str, float] = {}
+        reference = self.references["train"]
+        for row in rows:
+            with self.autocast():
+                out = packed_logprobs(self.policy, row)
+                ref = reference(row) if reference is not None else None
+            result = self.objective(out, ref, num_pairs)
+            result.loss.backward()
+            sums = {
+                "loss": float(result.loss.detach()) * num_pairs,  # undo the step normalization
+                "rewards/chosen": float(result.chosen_rewards.sum()),
+                "rewards/rejected": float(result.rejected_rewards.sum()),
+                "rewards/margins": float(result.margins.sum()),
+                "rewards/accuracies": float(result.accuracies.sum()),
+                "logps/chosen": float(out.chosen.detach().sum()),
+                "logps/rejected": float(out.rejected.detach().sum()),
+            }
+            if result.nll_loss is not None:
+                sums["nll_loss"] = float(result.nll_loss.detach().sum())
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+        metrics = {key: value / num_pairs for key, value in totals.items()}
+        metrics["pairs"] = num_pairs
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Preference accuracy on ``eval_data`` (implicit-reward accuracy when there is a reference)."""
+        if not self.eval_rows:
+            raise ValueError("evaluate() needs eval_data")
+        with self.autocast():
+            return preference_accuracy(self.policy, self.eval_rows, reference=self.references["eval"],
+                                       beta=self.config.beta, device=self.device)

@@ -1,0 +1,55 @@
+"""``SFTTrainer``: token-mean NLL of completions, packed ``[P C]`` rows, prompt not scored."""
+
+from __future__ import annotations
+
+import torch
+
+from fastalign.packing import PackedBatch, pack_completion_examples
+from fastalign.train.base import Trainer
+from fastalign.train.config import SFTConfig
+from fastalign.train.data_glue import sft_token_lists
+
+
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning. Data: ``prompt``/``completion`` text or ``prompt_ids``/
+    ``completion_ids`` columns. The loss of a step is the sum of completion-token NLLs divided by
+    the step's total completion-token count (independent of how examples fall into rows)."""
+
+    config: SFTConfig
+
+    def pack(self, data, name: str) -> list[PackedBatch]:
+        prompts, completions = sft_token_lists(data, self.tokenizer, name)
+        c = self.config
+        return pack_completion_examples(
+            prompts, completions, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
+            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow,
+        )
+
+    def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
+        num_tokens = sum(row.targets.numel() for row in rows)
+        total = 0.0
+        for row in rows:
+            with self.autocast():
+                logprobs = self.policy(row).logprobs
+            loss = -logprobs.sum() / num_tokens
+            loss.backward()
+            total += float(loss.detach())
+        return {"loss": total, "tokens": num_tokens}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Token-mean NLL of the eval completions."""
+        if not self.eval_rows:
+            raise ValueError("evaluate() needs eval_data")
+        was_training = self.policy.training
+        self.policy.eval()
+        nll, tokens = 0.0, 0
+        try:
+            for row in self.eval_rows:
+                with self.autocast():
+                    logprobs = self.policy(row.to(self.device)).logprobs
+                nll -= float(logprobs.sum())
+                tokens += logprobs.numel()
+        finally:
+            self.policy.train(was_training)
+        return {"nll": nll / max(tokens, 1)}
