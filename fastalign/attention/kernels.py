@@ -19,30 +19,44 @@ def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
     return states if groups == 1 else states.repeat_interleave(groups, dim=1)
 
 
+def _to_groups(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``[1, H, T, D]`` → ``[G, H, L, D]`` laid out by the group table."""
+    return states[0][:, index].transpose(0, 1)
+
+
+def _from_groups(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[G, H, L, D]`` → ``[1, T, H, D]``: groups are contiguous and in order, so the valid
+    slots in row-major order are the tokens in order."""
+    return out.transpose(1, 2)[valid][None]
+
+
 def eager_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
-    """Explicit scores and mask; supports everything (softcap included). O(T²) memory."""
+    """Explicit scores and mask per attention group; supports everything (softcap included)."""
+    index, valid = meta.groups()
     groups = query.shape[1] // key.shape[1]
-    key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    q = _to_groups(query, index)
+    k, v = _to_groups(_repeat_heads(key, groups), index), _to_groups(_repeat_heads(value, groups), index)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~meta.dense_mask(sliding_window), float("-inf"))
+    scores = scores.masked_fill(~meta.group_mask(sliding_window)[:, None], float("-inf"))
     # Softmax in at least fp32, like transformers' eager attention (float64 stays float64).
     weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=dropout > 0)
-    return torch.matmul(weights, value).transpose(1, 2)
+    return _from_groups(torch.matmul(weights, v), valid)
 
 
 def sdpa_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
-    """``scaled_dot_product_attention`` with an explicit boolean mask (never ``is_causal``)."""
+    """``scaled_dot_product_attention`` per attention group with an explicit boolean mask
+    (never ``is_causal``, which SDPA aligns top-left)."""
     if softcap is not None:
         raise ValueError("the sdpa backend cannot apply an attention logit softcap")
+    index, valid = meta.groups()
     groups = query.shape[1] // key.shape[1]
-    key, value = _repeat_heads(key, groups), _repeat_heads(value, groups)
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=meta.dense_mask(sliding_window), dropout_p=dropout, scale=scaling
-    )
-    return out.transpose(1, 2)
+    q = _to_groups(query, index)
+    k, v = _to_groups(_repeat_heads(key, groups), index), _to_groups(_repeat_heads(value, groups), index)
+    mask = meta.group_mask(sliding_window)[:, None]
+    return _from_groups(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling), valid)
 
 
 @functools.cache

@@ -71,6 +71,37 @@ class PackedAttention:
             self._cache[key] = self.allowed(index[:, None], index[None, :], sliding_window)
         return self._cache[key]
 
+    def groups(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention groups as a padded table: ``index [G, L]`` token of each slot (0 in padding)
+        and ``valid [G, L]``. Groups are contiguous runs of tokens, so attention can run per
+        group: O(Σ group²) instead of O(T²) for rows packed with many short examples."""
+
+        def build():
+            tokens = self.num_tokens
+            starts_here = torch.ones(tokens, dtype=torch.bool, device=self.group_ids.device)
+            starts_here[1:] = self.group_ids[1:] != self.group_ids[:-1]
+            starts = torch.nonzero(starts_here).flatten()
+            lengths = torch.diff(starts, append=starts.new_tensor([tokens]))
+            offsets = torch.arange(int(lengths.max()), device=starts.device)
+            valid = offsets[None, :] < lengths[:, None]
+            index = torch.where(valid, starts[:, None] + offsets[None, :], 0)
+            return index, valid
+
+        return self.cached(("groups",), build)
+
+    def group_mask(self, sliding_window: int | None) -> torch.Tensor:
+        """bool ``[G, L, L]``: the rule inside each group; padding slots see only themselves
+        (never a fully masked softmax row), and no real token sees a padding slot."""
+
+        def build():
+            index, valid = self.groups()
+            keep = self.allowed(index[:, :, None], index[:, None, :], sliding_window)
+            keep = keep & valid[:, :, None] & valid[:, None, :]
+            eye = torch.eye(index.shape[1], dtype=torch.bool, device=index.device)
+            return keep | (eye & ~valid[:, :, None])
+
+        return self.cached(("group_mask", sliding_window), build)
+
     def cached(self, key: tuple, build):
         """Memoize a backend-specific object (block masks) for the layers of this forward."""
         if key not in self._cache:

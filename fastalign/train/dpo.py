@@ -46,8 +46,13 @@ class DPOTrainer(Trainer):
         self.references = self._build_references(reference_model)
 
     def pack(self, data, name: str) -> list[PackedBatch]:
-        prompts, chosen, rejected = preference_token_lists(data, self.tokenizer, name)
-        c = self.config
+        return self.pack_rows(data, self.tokenizer, self.config, name)
+
+    @staticmethod
+    def pack_rows(data, tokenizer, config: DPOConfig, name: str = "data") -> list[PackedBatch]:
+        """Tokenize (if needed) and pack preference data the way the trainer does."""
+        prompts, chosen, rejected = preference_token_lists(data, tokenizer, name)
+        c = config
         return pack_preference_examples(
             prompts, chosen, rejected, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
             max_completion_length=c.max_completion_length, on_overflow=c.on_overflow,

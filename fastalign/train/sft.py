@@ -18,8 +18,13 @@ class SFTTrainer(Trainer):
     config: SFTConfig
 
     def pack(self, data, name: str) -> list[PackedBatch]:
-        prompts, completions = sft_token_lists(data, self.tokenizer, name)
-        c = self.config
+        return self.pack_rows(data, self.tokenizer, self.config, name)
+
+    @staticmethod
+    def pack_rows(data, tokenizer, config: SFTConfig, name: str = "data") -> list[PackedBatch]:
+        """Tokenize (if needed) and pack completion data the way the trainer does."""
+        prompts, completions = sft_token_lists(data, tokenizer, name)
+        c = config
         return pack_completion_examples(
             prompts, completions, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
             max_completion_length=c.max_completion_length, on_overflow=c.on_overflow,

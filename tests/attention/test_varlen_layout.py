@@ -132,3 +132,29 @@ def test_torch_varlen_launcher_detects_the_signature(monkeypatch, has_window_siz
                 kernels.torch_varlen_packed(q, k, v, meta, scaling=0.3, dropout=0.0, sliding_window=3, softcap=None)
     finally:
         kernels.torch_varlen_signature.cache_clear()
+
+
+def dense_reference(q, k, v, meta, scale, window, softcap=None):
+    """One [T, T] masked softmax over the whole row: the rule applied literally."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    scores = q @ k.transpose(-1, -2) * scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    weights = scores.masked_fill(~meta.dense_mask(window), float("-inf")).softmax(-1)
+    return (weights @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["shared", "unshared", "completion"])
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (2, None), (None, 1.5)])
+def test_grouped_backends_equal_the_dense_rule(mode, window, softcap):
+    from fastalign.packing import PackedBatch
+
+    row = PackedBatch.cat(list(_rows(mode)) + list(_rows(mode)))  # several groups, two rows joined
+    meta = PackedAttention.from_batch(row)
+    q, k, v = _qkv(row.num_tokens, seed=1)
+    expected = dense_reference(q, k, v, meta, 0.3, window, softcap)
+    options = dict(scaling=0.3, dropout=0.0, sliding_window=window, softcap=softcap)
+    torch.testing.assert_close(kernels.eager_packed(q, k, v, meta, **options), expected, atol=1e-12, rtol=0)
+    if softcap is None:
+        torch.testing.assert_close(kernels.sdpa_packed(q, k, v, meta, **options), expected, atol=1e-12, rtol=0)

@@ -1,0 +1,7 @@
+"""``python -m fastalign`` is the ``fastalign`` command."""
+
+import sys
+
+from fastalign.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""What the CLI runs: resolve ``--model`` / ``--data`` / config files, train, save.
+
+``--model tiny`` is the random-init preset with the byte tokenizer (offline); anything else
+is loaded with ``AutoModelForCausalLM`` / ``AutoTokenizer``. ``--data synthetic`` is the
+embedded verifiable task (its ``test`` split becomes the eval data); anything else goes
+through ``fastalign.data.load_*_data``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastalign.data import (
+    byte_tokenizer,
+    load_preference_data,
+    load_sft_data,
+    make_preference_task,
+    make_sft_task,
+    verify,
+)
+from fastalign.eval import preference_accuracy, win_rate
+from fastalign.models import PolicyModel, SeparateReference
+from fastalign.models.presets import preset_model
+from fastalign.train.config import DPOConfig, SFTConfig
+from fastalign.train.dpo import DPOTrainer
+from fastalign.train.sft import SFTTrainer
+
+SYNTHETIC_SIZES = {"num_train": 4000, "num_test": 200}
+
+
+def load_model(name: str, *, seed: int = 0):
+    """``(model, tokenizer)`` for ``tiny`` or a local / hub path."""
+    if name == "tiny":
+        tokenizer = byte_tokenizer()
+        model = preset_model("tiny", len(tokenizer), seed=seed, pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        return model, tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except OSError as error:
+        raise ValueError(f"--model {name!r} is neither 'tiny' nor a loadable model: {error}") from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_data(kind: str, source: str, tokenizer, *, seed: int = 0, split: str = "train"):
+    """``(train, eval)`` datasets for ``kind`` in ``{"sft", "dpo"}``."""
+    if source == "synthetic":
+        make = make_sft_task if kind == "sft" else make_preference_task
+        task = make(SYNTHETIC_SIZES["num_train"], SYNTHETIC_SIZES["num_test"], seed=seed)
+        return task["train"], task["test"]
+    load = load_sft_data if kind == "sft" else load_preference_data
+    return load(source, split=split, tokenizer=tokenizer), None
+
+
+def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], eval_data: str | None = None,
+                 resume: bool = False) -> Path:
+    """Train ``kind`` (``"sft"`` or ``"dpo"``) and save the final model; returns its path."""
+    if kind not in ("sft", "dpo"):
+        raise ValueError(f"kind must be 'sft' or 'dpo', got {kind!r}")
+    config_class = SFTConfig if kind == "sft" else DPOConfig
+    train_config = config_class.from_dict(config)
+    network, tokenizer = load_model(model, seed=train_config.seed)
+    train, held_out = load_data(kind, data, tokenizer, seed=train_config.seed)
+    if eval_data is not None:
+        _, held_out = load_data(kind, eval_data, tokenizer, seed=train_config.seed)
+    trainer_class = SFTTrainer if kind == "sft" else DPOTrainer
+    trainer = trainer_class(network, tokenizer, train, train_config, eval_data=held_out)
+    trainer.train(resume=resume)
+    if held_out is not None:
+        print({f"eval/{k}": round(v, 4) for k, v in trainer.evaluate().items()})
+    return trainer.save_model()
+
+
+def run_eval(*, model: str, baseline: str | None, data: str, reference: str | None = None, beta: float = 0.1,
+             max_new_tokens: int = 16, token_budget: int = 2048, seed: int = 0) -> dict[str, float]:
+    """Held-out preference accuracy of ``model`` (implicit-reward accuracy against
+    ``reference`` when given) and, on the synthetic task, its verifier-judged win rate against
+    ``baseline``."""
+    network, tokenizer = load_model(model, seed=seed)
+    _, held_out = load_data("dpo", data, tokenizer, seed=seed)
+    held_out = held_out if held_out is not None else load_preference_data(data, split="test", tokenizer=tokenizer)
+    config = DPOConfig(output_dir="unused", token_budget=token_budget, reference="none", progress=False)
+    rows = DPOTrainer.pack_rows(held_out, tokenizer, config)
+    policy = PolicyModel(network)
+    frozen = SeparateReference(load_model(reference, seed=seed)[0]) if reference else None
+    result = preference_accuracy(policy, rows, reference=frozen, beta=beta)
+    if baseline is not None:
+        if data != "synthetic":
+            raise ValueError("win rate needs a verifier: only --data synthetic has one (reward-model judging: RLHF)")
+        other, _ = load_model(baseline, seed=seed)
+        result.update(win_rate(network, other, tokenizer, list(held_out["prompt"]), verify,
+                               max_new_tokens=max_new_tokens))
+    return result
+
+
+def snapshot(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy (for baselines in evaluations)."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
