@@ -39,7 +39,8 @@ class RoomTree {
 
 }  // namespace
 
-std::vector<int64_t> first_fit_decreasing(const std::vector<int64_t>& lengths, int64_t capacity) {
+std::vector<int64_t> first_fit_decreasing(const std::vector<int64_t>& lengths, int64_t capacity,
+                                          bool decreasing) {
   if (capacity < 1) throw std::invalid_argument("capacity must be >= 1, got " + std::to_string(capacity));
   for (size_t i = 0; i < lengths.size(); ++i) {
     if (lengths[i] < 1 || lengths[i] > capacity) {
@@ -49,7 +50,9 @@ std::vector<int64_t> first_fit_decreasing(const std::vector<int64_t>& lengths, i
   }
   std::vector<size_t> order(lengths.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  if (decreasing) {
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  }
 
   std::vector<int64_t> bin_of(lengths.size(), -1);
   if (lengths.empty()) return bin_of;

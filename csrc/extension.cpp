@@ -50,12 +50,12 @@ py::dict pack_layout_py(const Int64Array& prompt_tokens, const Int64Array& promp
                         const Int64Array& chosen_tokens, const Int64Array& chosen_offsets,
                         const Int64Array& rejected_tokens, const Int64Array& rejected_offsets,
                         int64_t token_budget, int64_t max_prompt_length, int64_t max_completion_length,
-                        int64_t overflow, int64_t mode, int64_t vocab_size) {
+                        int64_t overflow, int64_t mode, int64_t vocab_size, bool sort_by_length) {
   const fastalign::RaggedTokens prompt = ragged("prompt", prompt_tokens, prompt_offsets);
   const fastalign::RaggedTokens chosen = ragged("chosen", chosen_tokens, chosen_offsets);
   const fastalign::RaggedTokens rejected = ragged("rejected", rejected_tokens, rejected_offsets);
   const fastalign::PackOptions options{token_budget, max_prompt_length, max_completion_length,
-                                       overflow, mode, vocab_size};
+                                       overflow, mode, vocab_size, sort_by_length};
   fastalign::PackedLayout layout;
   {
     py::gil_scoped_release release;
@@ -99,6 +99,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("chosen_tokens"), py::arg("chosen_offsets"), py::arg("rejected_tokens"),
         py::arg("rejected_offsets"), py::arg("token_budget"), py::arg("max_prompt_length"),
         py::arg("max_completion_length"), py::arg("overflow"), py::arg("mode"), py::arg("vocab_size"),
+        py::arg("sort_by_length") = true,
         "Truncate, assign rows (first-fit-decreasing) and lay out packed examples; a dict of flat "
         "NumPy arrays identical to fastalign.packing.layout_python.pack_layout_python.");
 }

@@ -238,7 +238,7 @@ PackedLayout pack_layout(const RaggedTokens& prompt, const RaggedTokens& chosen,
     inputs.push_back(static_cast<int64_t>(i));
     sizes.push_back(example_size(lengths.p[i], lengths.c[i], lengths.r[i], options.mode));
   }
-  const std::vector<int64_t> rows = first_fit_decreasing(sizes, options.token_budget);
+  const std::vector<int64_t> rows = first_fit_decreasing(sizes, options.token_budget, options.sort_by_length);
   // Examples in row order, and by input index inside a row (a stable sort keeps input order).
   std::vector<size_t> order(inputs.size());
   std::iota(order.begin(), order.end(), 0);

@@ -27,6 +27,7 @@ struct PackOptions {
   int64_t overflow = kOverflowError;  // OverflowPolicy
   int64_t mode = kSharedPrompt;       // PackMode
   int64_t vocab_size = -1;            // <= 0: unknown (ids are only checked to be >= 0)
+  bool sort_by_length = true;         // first-fit-decreasing; false: first-fit in input order
 };
 
 // Flat arrays; each row_*_offsets array (num_rows + 1 entries) splits its group by row.

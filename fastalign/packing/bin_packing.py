@@ -11,9 +11,12 @@ from fastalign._extension import native_extension
 BACKENDS = ("auto", "cpp", "python")
 
 
-def first_fit_decreasing_python(lengths: np.ndarray, capacity: int) -> np.ndarray:
-    """Pure-Python twin of the C++ packer: identical output, O(items x bins)."""
-    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+def first_fit_decreasing_python(lengths: np.ndarray, capacity: int, decreasing: bool = True) -> np.ndarray:
+    """Pure-Python twin of the C++ packer: identical output, O(items x bins). With
+    ``decreasing=False`` items are placed in input order (plain first-fit)."""
+    order = list(range(len(lengths)))
+    if decreasing:
+        order.sort(key=lambda i: -int(lengths[i]))
     room: list[int] = []
     bin_of = np.full(len(lengths), -1, dtype=np.int64)
     for item in order:

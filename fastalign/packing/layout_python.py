@@ -78,6 +78,7 @@ def pack_layout_python(
     overflow: int,
     mode: int,
     vocab_size: int,
+    sort_by_length: bool = True,
 ) -> dict[str, np.ndarray]:
     """Twin of the C++ ``pack_layout``; ``-1`` means "no limit" / "unknown vocab".
 
@@ -118,7 +119,7 @@ def pack_layout_python(
     sizes = example_sizes(p, c, r, mode)
 
     kept_inputs = np.flatnonzero(status != DROPPED)
-    rows = first_fit_decreasing_python(sizes[kept_inputs], token_budget) if kept_inputs.size else np.zeros(0, np.int64)
+    rows = first_fit_decreasing_python(sizes[kept_inputs], token_budget, sort_by_length) if kept_inputs.size else np.zeros(0, np.int64)
     # Examples in row order, and by input index inside a row.
     order = np.lexsort((kept_inputs, rows)) if kept_inputs.size else np.zeros(0, np.int64)
     kept, kept_rows = kept_inputs[order], rows[order]

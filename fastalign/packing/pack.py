@@ -92,6 +92,7 @@ def _pack(
     on_overflow: str,
     vocab_size: int | None,
     backend: str,
+    sort_by_length: bool = True,
 ) -> PackedRows:
     if isinstance(token_budget, bool) or not isinstance(token_budget, (int, np.integer)):
         raise ValueError(f"token_budget must be an int, got {token_budget!r}")
@@ -108,7 +109,7 @@ def _pack(
         *prompt, *chosen, *rejected, int(token_budget),
         _optional_limit("max_prompt_length", max_prompt_length),
         _optional_limit("max_completion_length", max_completion_length),
-        OVERFLOW[on_overflow], MODES[mode], _optional_limit("vocab_size", vocab_size),
+        OVERFLOW[on_overflow], MODES[mode], _optional_limit("vocab_size", vocab_size), bool(sort_by_length),
     )
     native = native_extension() if backend != "python" else None
     if backend == "cpp" and native is None:
@@ -182,6 +183,7 @@ def pack_preference_examples(
     share_prompt: bool = True,
     vocab_size: int | None = None,
     backend: str = "auto",
+    sort_by_length: bool = True,
 ) -> PackedRows:
     """Pack preference examples into rows of at most ``token_budget`` tokens.
 
@@ -197,17 +199,20 @@ def pack_preference_examples(
             start, then both answers capped, until it fits).
         share_prompt: ``[P C R]`` with the prompt encoded once (default), or ``[P C][P R]``.
         backend: ``"auto"`` (C++ when built), ``"cpp"`` or ``"python"`` — identical output.
+        sort_by_length: first-fit-decreasing (fewest rows; each row then holds examples of
+            similar size). ``False``: first-fit in input order — shuffle the input first and
+            rows mix lengths, which trains much better than length-sorted rows.
 
     Returns:
-        ``PackedRows``: a list of ``PackedBatch`` (one per row, first-fit-decreasing by example
-        size, examples inside a row in input order) with ``.stats`` (``PackingStats``).
+        ``PackedRows``: a list of ``PackedBatch`` (one per row, examples inside a row in input
+        order) with ``.stats`` (``PackingStats``).
     """
     return _pack(
         prompt_ids, chosen_ids, rejected_ids,
         mode="shared" if share_prompt else "unshared",
         token_budget=token_budget, max_prompt_length=max_prompt_length,
         max_completion_length=max_completion_length, on_overflow=on_overflow,
-        vocab_size=vocab_size, backend=backend,
+        vocab_size=vocab_size, backend=backend, sort_by_length=sort_by_length,
     )
 
 
@@ -221,6 +226,7 @@ def pack_completion_examples(
     on_overflow: str = "error",
     vocab_size: int | None = None,
     backend: str = "auto",
+    sort_by_length: bool = True,
 ) -> PackedRows:
     """Pack ``[P C]`` sequences (SFT, reward scoring, rollouts); completions are labelled as
     "chosen". Arguments as in ``pack_preference_examples``."""
@@ -228,5 +234,5 @@ def pack_completion_examples(
         prompt_ids, completion_ids, None, mode="completion",
         token_budget=token_budget, max_prompt_length=max_prompt_length,
         max_completion_length=max_completion_length, on_overflow=on_overflow,
-        vocab_size=vocab_size, backend=backend,
+        vocab_size=vocab_size, backend=backend, sort_by_length=sort_by_length,
     )

@@ -83,10 +83,13 @@ class Trainer:
         if config.gradient_checkpointing:
             enable_activation_checkpointing(model)
         self.policy = PolicyModel(model, attention=config.attention)
-        self.train_rows = self.pack(train_data, "train_data")
-        if not self.train_rows:
+        self.train_lists = self.token_lists(train_data, "train_data")
+        self._epoch_rows: tuple[int, list[PackedBatch]] | None = None
+        if not self.rows_for_epoch(0):
             raise ValueError("train_data produced no packed rows (every example was dropped?)")
-        self.eval_rows = self.pack(eval_data, "eval_data") if eval_data is not None else None
+        self.eval_rows = None
+        if eval_data is not None:
+            self.eval_rows = self.pack_lists(self.token_lists(eval_data, "eval_data"), sort_by_length=True)
         parameters = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=tuple(config.adam_betas),
                                            weight_decay=config.weight_decay)
@@ -95,7 +98,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # -- subclass hooks -------------------------------------------------------------------
-    def pack(self, data, name: str) -> list[PackedBatch]:
+    def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
+        """Token-id lists of every example (prompt first), tokenizing text when needed."""
+        raise NotImplementedError
+
+    def pack_lists(self, lists: tuple[list[list[int]], ...], *, sort_by_length: bool) -> list[PackedBatch]:
         raise NotImplementedError
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
@@ -106,19 +113,30 @@ class Trainer:
         return {}
 
     # -- data order -----------------------------------------------------------------------
-    def _order(self, epoch: int) -> list[int]:
+    def rows_for_epoch(self, epoch: int) -> list[PackedBatch]:
+        """Every training example once, shuffled by ``(seed, epoch)`` and packed first-fit in
+        that order. Re-packing each epoch with unsorted first-fit matters: length-sorted rows
+        (first-fit-decreasing) give each step examples of one size and train far worse."""
+        if self._epoch_rows is not None and self._epoch_rows[0] == epoch:
+            return self._epoch_rows[1]
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.train_rows), generator=generator).tolist()
+        order = torch.randperm(len(self.train_lists[0]), generator=generator)
+        shuffled = tuple([column[i] for i in order.tolist()] for column in self.train_lists)
+        rows = self.pack_lists(shuffled, sort_by_length=False)
+        for row in rows:
+            row.example_index = order[row.example_index]  # back to indices of train_data
+        self._epoch_rows = (epoch, rows)
+        return rows
 
     def next_rows(self) -> list[PackedBatch]:
-        """The next ``rows_per_step`` rows in this epoch's seeded order (wrapping epochs)."""
+        """The next ``rows_per_step`` rows of the current epoch (wrapping into the next)."""
         rows = []
-        order = self._order(self.epoch)
+        epoch_rows = self.rows_for_epoch(self.epoch)
         while len(rows) < self.config.rows_per_step:
-            if self.position >= len(order):
+            if self.position >= len(epoch_rows):
                 self.epoch, self.position = self.epoch + 1, 0
-                order = self._order(self.epoch)
-            rows.append(self.train_rows[order[self.position]].to(self.device, non_blocking=True))
+                epoch_rows = self.rows_for_epoch(self.epoch)
+            rows.append(epoch_rows[self.position].to(self.device, non_blocking=True))
             self.position += 1
         return rows
 

@@ -26,11 +26,13 @@ from fastalign.train.sft import SFTTrainer
 class DemoSettings:
     output_dir: str = "fastalign-demo"
     seed: int = 0
-    num_train: int = 4000
+    num_train: int = 5000
     num_test: int = 200
-    sft_steps: int = 250
-    dpo_steps: int = 60
-    token_budget: int = 1024
+    sft_steps: int = 600
+    dpo_steps: int = 150
+    dpo_learning_rate: float = 2e-4
+    rpo_alpha: float | None = 1.0
+    token_budget: int = 1536
     progress: bool = True
 
 
@@ -58,7 +60,8 @@ def run_demo(settings: DemoSettings) -> dict:
     baseline = snapshot(sft.policy.model)
 
     dpo = DPOTrainer(sft.policy.model, tokenizer, pairs["train"], DPOConfig(
-        output_dir=str(out / "dpo"), max_steps=settings.dpo_steps, learning_rate=5e-4, warmup_steps=5, beta=0.1,
+        output_dir=str(out / "dpo"), max_steps=settings.dpo_steps, learning_rate=settings.dpo_learning_rate, warmup_steps=5, beta=0.1,
+        rpo_alpha=settings.rpo_alpha,
         reference="separate", **common), eval_data=pairs["test"])
     rows = dpo.eval_rows
     table = []

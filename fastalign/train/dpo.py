@@ -45,17 +45,24 @@ class DPOTrainer(Trainer):
         super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
         self.references = self._build_references(reference_model)
 
-    def pack(self, data, name: str) -> list[PackedBatch]:
-        return self.pack_rows(data, self.tokenizer, self.config, name)
+    def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
+        return preference_token_lists(data, self.tokenizer, name)
+
+    def pack_lists(self, lists, *, sort_by_length: bool) -> list[PackedBatch]:
+        c = self.config
+        return pack_preference_examples(
+            *lists, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
+            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow, sort_by_length=sort_by_length,
+        )
 
     @staticmethod
     def pack_rows(data, tokenizer, config: DPOConfig, name: str = "data") -> list[PackedBatch]:
-        """Tokenize (if needed) and pack preference data the way the trainer does."""
-        prompts, chosen, rejected = preference_token_lists(data, tokenizer, name)
+        """Tokenize (if needed) and pack preference data for evaluation (fewest rows)."""
         c = config
         return pack_preference_examples(
-            prompts, chosen, rejected, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
-            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow,
+            *preference_token_lists(data, tokenizer, name), token_budget=c.token_budget,
+            max_prompt_length=c.max_prompt_length, max_completion_length=c.max_completion_length,
+            on_overflow=c.on_overflow,
         )
 
     def _build_references(self, reference_model: nn.Module | None) -> dict[str, Reference | None]:
@@ -70,7 +77,7 @@ class DPOTrainer(Trainer):
         if kind == "separate":
             return {"train": frozen, "eval": frozen}
         # precomputed: one pass of the frozen copy over every example, then the copy is freed.
-        tables = {"train": self._precompute(frozen, self.train_rows)}
+        tables = {"train": self._precompute(frozen, self.rows_for_epoch(0))}
         tables["eval"] = self._precompute(frozen, self.eval_rows) if self.eval_rows else None
         return tables
 

@@ -17,17 +17,14 @@ class SFTTrainer(Trainer):
 
     config: SFTConfig
 
-    def pack(self, data, name: str) -> list[PackedBatch]:
-        return self.pack_rows(data, self.tokenizer, self.config, name)
+    def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
+        return sft_token_lists(data, self.tokenizer, name)
 
-    @staticmethod
-    def pack_rows(data, tokenizer, config: SFTConfig, name: str = "data") -> list[PackedBatch]:
-        """Tokenize (if needed) and pack completion data the way the trainer does."""
-        prompts, completions = sft_token_lists(data, tokenizer, name)
-        c = config
+    def pack_lists(self, lists, *, sort_by_length: bool) -> list[PackedBatch]:
+        c = self.config
         return pack_completion_examples(
-            prompts, completions, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
-            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow,
+            *lists, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
+            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow, sort_by_length=sort_by_length,
         )
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:

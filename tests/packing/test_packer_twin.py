@@ -46,6 +46,7 @@ def packing_calls(draw):
         "max_completion_length": draw(st.none() | st.integers(1, 12)),
         "on_overflow": draw(st.sampled_from(tuple(OVERFLOW))),
         "vocab_size": draw(st.none() | st.integers(51, 60) | st.integers(45, 50)),
+        "sort_by_length": draw(st.booleans()),
     }
     return mode, lists, options
 
@@ -67,7 +68,7 @@ def _layout_arguments(mode, lists, options):
     return (
         *prompt, *chosen, *rejected, options["token_budget"], limit(options["max_prompt_length"]),
         limit(options["max_completion_length"]), OVERFLOW[options["on_overflow"]], MODES[mode],
-        limit(options["vocab_size"]),
+        limit(options["vocab_size"]), options.get("sort_by_length", True),
     )
 
 
