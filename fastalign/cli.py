@@ -82,7 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow options (`--max-steps 5 beta=0.2`): argparse leaves them unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "train" or any("=" not in item or item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
     if args.command == "demo":
         from fastalign.train.demo import DemoSettings, run_demo
 
