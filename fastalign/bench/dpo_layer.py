@@ -13,7 +13,6 @@ import importlib.util
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from fastalign.bench.runner import Row, dtype_name, gemm_ms, measure_case

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fastalign.bench.measure import is_out_of_memory, time_callable
+from fastalign.bench.report import save_figure
 from fastalign.bench.runner import dtype_name
 from fastalign.models import PolicyModel, packed_logprobs
 from fastalign.packing import PackedBatch, pack_preference_examples
@@ -499,9 +500,4 @@ def plot_bars(rows: list[dict], environment: dict, path: Path, *, title: str) ->
     headline = f" - packed {speedup:.2f}x padded" if speedup else ""
     fig.suptitle(f"{title}{headline}\n{environment['device']} - torch {environment['packages'].get('torch')}"
                  f" - {environment['date_utc'][:10]}", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

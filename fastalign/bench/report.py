@@ -63,9 +63,21 @@ def plot_results(rows: list[dict], environment: dict, path: Path, *, title: str)
         axes[1][col].set(title=f"{mode}: peak memory above inputs", xlabel="tokens N", ylabel="MiB", xscale="log", yscale="log")
         axes[0][col].legend()
     fig.suptitle(f"{title}\n{environment['device']} - torch {environment['packages'].get('torch')} - {environment['date_utc'][:10]}")
-    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write atomically as PNG (temp file + rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path

@@ -8,22 +8,13 @@ their hooks see the LM-head weight used inside the forward.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from fastalign.attention import (
-    PACKED_KWARG,
-    PREFIX,
-    PackedAttention,
-    is_packed_backend,
-    packed_forward,
-    register_backends,
-    select_backend,
-)
 from fastalign.losses.sequence import sequence_logps
+from fastalign.models.backbone import PackedModel, causal_lm, text_config
 from fastalign.ops import linear_logprobs
 from fastalign.packing.batch import PackedBatch
 
@@ -45,17 +36,7 @@ class PackedLogprobs(NamedTuple):
     token_entropy: torch.Tensor | None  # fp32 [M] when asked for
 
 
-def causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers ``*ForCausalLM`` inside ``model`` (unwraps PEFT)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def text_config(model: nn.Module):
-    config = causal_lm(model).config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-class PolicyModel(nn.Module):
+class PolicyModel(PackedModel):
     """``model`` (HF causal LM, optionally PEFT-wrapped) + fused log-prob head.
 
     Args:
@@ -68,9 +49,7 @@ class PolicyModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, *, attention: str = "auto") -> None:
-        super().__init__()
-        if not isinstance(model, nn.Module) or not hasattr(causal_lm(model), "get_decoder"):
-            raise ValueError(f"model must be a transformers causal LM, got {type(model).__name__}")
+        super().__init__(model, attention=attention)
         head = causal_lm(model).get_output_embeddings()
         if not isinstance(head, nn.Linear) or type(head) is not nn.Linear:
             raise ValueError(
@@ -79,47 +58,6 @@ class PolicyModel(nn.Module):
             )
         if getattr(text_config(model), "logit_scale", None) not in (None, 1.0):
             raise ValueError("models with a logit_scale on the LM head are not supported")
-        self.model = model
-        self.attention = attention
-        self._backend_device: torch.device | None = None
-        register_backends()
-
-    def _select_backend(self, device: torch.device) -> None:
-        if self._backend_device == device:
-            return
-        needs_grad = any(parameter.requires_grad for parameter in self.model.parameters())
-        backend = select_backend(causal_lm(self.model).config, device, requested=self.attention, needs_grad=needs_grad)
-        causal_lm(self.model).set_attn_implementation(PREFIX + backend.name)
-        self._backend_device = device
-
-    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
-        """Final hidden states ``[T, H]`` of the packed row (after the model's last norm)."""
-        if not isinstance(batch, PackedBatch):
-            raise ValueError(f"batch must be a PackedBatch, got {type(batch).__name__}")
-        lm = causal_lm(self.model)
-        parameter = next(lm.parameters())
-        if batch.device != parameter.device:
-            raise ValueError(f"batch is on {batch.device} but the model is on {parameter.device}; use batch.to(...)")
-        self._select_backend(parameter.device)
-        implementation = lm.config._attn_implementation
-        if not is_packed_backend(implementation):
-            raise ValueError(
-                f"the model's attention implementation is {implementation!r}: transformers' built-in "
-                "attention would let rejected tokens attend to chosen ones in a packed batch"
-            )
-        meta = PackedAttention.from_batch(batch)
-        with packed_forward():
-            output = lm.get_decoder()(
-                input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False, **{PACKED_KWARG: meta}
-            )
-        expected = text_config(self.model).num_hidden_layers
-        if meta.calls != expected:
-            raise RuntimeError(
-                f"{expected - meta.calls} of {expected} attention layers did not go through fastalign's packed "
-                f"attention (implementation {lm.config._attn_implementation!r}); their output would mix answers"
-            )
-        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        return hidden[0]
 
     def forward(self, batch: PackedBatch, *, temperature: float = 1.0, return_entropy: bool = False) -> TokenLogprobs:
         """Log-probs (fp32 ``[M]``) of ``batch.targets``, and entropies when asked for."""
@@ -134,12 +72,6 @@ class PolicyModel(nn.Module):
         if return_entropy:
             return TokenLogprobs(result.logprobs, result.entropy)
         return TokenLogprobs(result, None)
-
-    def state_dict(self, *args, **kwargs) -> dict[str, Any]:  # noqa: D102 - keys of the HF model
-        return self.model.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # noqa: D102
-        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def reduce_packed(batch: PackedBatch, tokens: TokenLogprobs) -> PackedLogprobs:

@@ -84,7 +84,6 @@ def pack_layout_python(
 
     In completion mode ``rejected_offsets`` is all zeros (no rejected answers).
     """
-    n = len(prompt_offsets) - 1
     if token_budget < MIN_BUDGET[mode]:
         raise ValueError(f"token_budget must be >= {MIN_BUDGET[mode]} in this mode, got {token_budget}")
     _validate("prompt_ids", prompt_tokens, prompt_offsets, vocab_size)

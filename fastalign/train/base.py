@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fastalign.models import PolicyModel, enable_activation_checkpointing
+from fastalign.models.backbone import PackedModel
 from fastalign.packing import PackedBatch
 from fastalign.train.checkpoint import load_latest_checkpoint, restore_rng, rng_state, save_checkpoint
 from fastalign.train.config import TrainConfig
@@ -82,7 +83,7 @@ class Trainer:
         model.to(self.device)
         if config.gradient_checkpointing:
             enable_activation_checkpointing(model)
-        self.policy = PolicyModel(model, attention=config.attention)
+        self.policy = self.wrap_model(model)
         self.train_lists = self.token_lists(train_data, "train_data")
         self._epoch_rows: tuple[int, list[PackedBatch]] | None = None
         if not self.rows_for_epoch(0):
@@ -98,6 +99,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # -- subclass hooks -------------------------------------------------------------------
+    def wrap_model(self, model: nn.Module) -> PackedModel:
+        """The module trained (and wrapped by DDP / FSDP2 later): the policy by default."""
+        return PolicyModel(model, attention=self.config.attention)
+
     def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
         """Token-id lists of every example (prompt first), tokenizing text when needed."""
         raise NotImplementedError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastalign.models.policy as policy_module
+import fastalign.models.backbone as backbone_module
 from fastalign.models import PolicyModel, enable_activation_checkpointing, packed_logprobs
 from fastalign.packing import pack_preference_examples
 from tests.models.tiny_models import example_lists, reference_answer_logp, tiny_model
@@ -32,7 +32,7 @@ def test_attention_layers_bypassing_the_packed_backend_raise(monkeypatch):
     policy = PolicyModel(model)
     policy(_row())
     model.set_attn_implementation("sdpa")
-    monkeypatch.setattr(policy_module, "is_packed_backend", lambda name: True)
+    monkeypatch.setattr(backbone_module, "is_packed_backend", lambda name: True)
     monkeypatch.setattr(policy, "_select_backend", lambda device: None)
     with pytest.raises(RuntimeError, match="2 of 2 attention layers did not go through"):
         policy(_row())

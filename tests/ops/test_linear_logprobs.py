@@ -11,7 +11,7 @@ import torch
 
 from fastalign import linear_logprobs
 from fastalign.ops.linear_logprobs import linear_logprob_stats
-from tests.ops.oracle_check import assert_matches_oracle, make_case, with_options
+from tests.ops.oracle_check import assert_matches_oracle, make_case
 
 IMPLS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.float16]
