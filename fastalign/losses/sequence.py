@@ -79,3 +79,21 @@ def sequence_logps(
     )
     means = sums / counts.clamp(min=1).to(sums.dtype)
     return SequenceLogps(sums, counts, means)
+
+
+def pad_by_sequence(values: torch.Tensor, sequence_ids: torch.Tensor, num_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat per-token ``values [M]`` whose ``sequence_ids [M]`` are non-decreasing runs (packed
+    label order) → ``padded [S, L]`` (0 in padding) and ``mask [S, L]`` bool, ``L`` = the longest
+    run. Differentiable w.r.t. ``values``; the layout the RL losses take."""
+    if values.dim() != 1 or sequence_ids.shape != values.shape:
+        raise ValueError("values and sequence_ids must both be 1-d of the same length")
+    counts = torch.zeros(num_sequences, dtype=torch.int64, device=values.device).index_add(
+        0, sequence_ids, torch.ones_like(sequence_ids)
+    )
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(values.numel(), device=values.device) - starts[sequence_ids]
+    width = int(counts.max()) if num_sequences else 0
+    padded = values.new_zeros(num_sequences, width).index_put((sequence_ids, position), values)
+    mask = torch.zeros(num_sequences, width, dtype=torch.bool, device=values.device)
+    mask[sequence_ids, position] = True
+    return padded, mask

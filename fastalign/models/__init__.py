@@ -13,6 +13,7 @@ from fastalign.models.reference import (
     Reference,
     SeparateReference,
 )
+from fastalign.models.reward import RewardModel, RewardScores, reward_model_from_causal_lm
 
 __all__ = [
     "AdapterReference",
@@ -20,8 +21,11 @@ __all__ = [
     "PolicyModel",
     "PrecomputedReference",
     "Reference",
+    "RewardModel",
+    "RewardScores",
     "SeparateReference",
     "TokenLogprobs",
     "enable_activation_checkpointing",
     "packed_logprobs",
+    "reward_model_from_causal_lm",
 ]

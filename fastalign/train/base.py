@@ -84,10 +84,7 @@ class Trainer:
         if config.gradient_checkpointing:
             enable_activation_checkpointing(model)
         self.policy = self.wrap_model(model)
-        self.train_lists = self.token_lists(train_data, "train_data")
-        self._epoch_rows: tuple[int, list[PackedBatch]] | None = None
-        if not self.rows_for_epoch(0):
-            raise ValueError("train_data produced no packed rows (every example was dropped?)")
+        self.prepare_train_data(train_data)
         self.eval_rows = None
         if eval_data is not None:
             self.eval_rows = self.pack_lists(self.token_lists(eval_data, "eval_data"), sort_by_length=True)
@@ -103,6 +100,13 @@ class Trainer:
         """The module trained (and wrapped by DDP / FSDP2 later): the policy by default."""
         return PolicyModel(model, attention=self.config.attention)
 
+    def prepare_train_data(self, train_data) -> None:
+        """Tokenize the training data once; rows are packed per epoch (``rows_for_epoch``)."""
+        self.train_lists = self.token_lists(train_data, "train_data")
+        self._epoch_rows: tuple[int, list[PackedBatch]] | None = None
+        if not self.rows_for_epoch(0):
+            raise ValueError("train_data produced no packed rows (every example was dropped?)")
+
     def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
         """Token-id lists of every example (prompt first), tokenizing text when needed."""
         raise NotImplementedError
@@ -116,6 +120,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         return {}
+
+    def can_evaluate(self) -> bool:
+        return bool(self.eval_rows)
 
     # -- data order -----------------------------------------------------------------------
     def rows_for_epoch(self, epoch: int) -> list[PackedBatch]:
@@ -216,7 +223,7 @@ class Trainer:
             entry = {"step": self.step, "lr": lr, "grad_norm": float(norm), **metrics,
                      "tokens_per_s": sum(row.num_tokens for row in rows) / seconds, "seconds": seconds,
                      "peak_memory_mb": self._peak_memory_mb()}
-            if config.eval_every and self.step % config.eval_every == 0 and self.eval_rows:
+            if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
                 entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.policy.train()
             if self.step % config.log_every == 0 or self.step == config.max_steps:

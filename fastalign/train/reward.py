@@ -1,0 +1,165 @@
+"""``RewardTrainer``: a scalar reward model trained with the Bradley–Terry loss on packed,
+prefix-shared preference rows (the prompt is encoded once for both answers)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastalign.losses.reward import bradley_terry_loss
+from fastalign.models.backbone import PackedModel, causal_lm
+from fastalign.models.reward import RewardModel, is_sequence_classifier, reward_model_from_causal_lm
+from fastalign.packing import PackedBatch, pack_preference_examples
+from fastalign.train.base import Trainer
+from fastalign.train.config import TrainConfig
+from fastalign.train.data_glue import preference_token_lists
+
+MARGIN_COLUMN = "margin"
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Reward-model training: ``-log σ(r_c − r_r − m) + c (r_c + r_r)²`` per pair, normalized by
+    the step's total pair count (``fastalign.losses.bradley_terry_loss``).
+
+    ``margin``: a constant ``m`` for every pair; a ``margin`` column in the data (Llama 2's graded
+    preference margins) is added to it per pair. ``center_rewards_coefficient``: ``c`` (None: off).
+    """
+
+    learning_rate: float = 1e-5
+    margin: float = 0.0
+    center_rewards_coefficient: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
+            raise ValueError(f"margin must be a finite number, got {self.margin!r}")
+        c = self.center_rewards_coefficient
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < math.inf):
+            raise ValueError(f"center_rewards_coefficient must be None or a finite number >= 0, got {c!r}")
+
+
+def _margin_column(data, name: str) -> list[float]:
+    """Per-example margins from the data's ``margin`` column (zeros without one)."""
+    if MARGIN_COLUMN not in getattr(data, "column_names", ()):
+        return [0.0] * len(data)
+    values = data[MARGIN_COLUMN]
+    try:
+        margins = [float(value) for value in values]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}['{MARGIN_COLUMN}'] must hold numbers: {error}") from error
+    if not all(math.isfinite(value) for value in margins):
+        raise ValueError(f"{name}['{MARGIN_COLUMN}'] holds non-finite values")
+    return margins
+
+
+class RewardTrainer(Trainer):
+    """Train a reward model on preference pairs.
+
+    Args:
+        model: a transformers ``*ForSequenceClassification`` with ``num_labels=1`` (trained in
+            place), or a causal LM (e.g. the SFT model) whose backbone is copied into a new one
+            with a freshly initialized score head (seeded by ``config.seed``; the causal LM is not
+            modified). The trained model is ``trainer.policy.model``.
+        tokenizer: used when the data holds text and for saving; its ``pad_token_id`` goes into
+            the config of a converted model.
+        train_data, eval_data: ``datasets.Dataset`` with ``prompt``/``chosen``/``rejected`` text or
+            ``prompt_ids``/``chosen_ids``/``rejected_ids`` columns, and optionally ``margin``.
+        config: ``RewardConfig``.
+    """
+
+    config: RewardConfig
+
+    def __init__(self, model: nn.Module, tokenizer, train_data, config: RewardConfig, *, eval_data=None) -> None:
+        if not isinstance(config, RewardConfig):
+            raise ValueError(f"config must be a RewardConfig, got {type(config).__name__}")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a transformers sequence classifier or causal LM, got {type(model).__name__}")
+        # Convert before the base class adds LoRA adapters (they must wrap the classifier).
+        model = self._as_classifier(model, tokenizer, config.seed)
+        super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
+        self._train_margins = torch.tensor(self.train_lists[3], dtype=torch.float32)
+
+    @staticmethod
+    def _as_classifier(model: nn.Module, tokenizer, seed: int) -> nn.Module:
+        if is_sequence_classifier(model):
+            return model
+        pad = getattr(tokenizer, "pad_token_id", None)
+        return reward_model_from_causal_lm(model, seed=seed, pad_token_id=pad)
+
+    def wrap_model(self, model: nn.Module) -> PackedModel:
+        """The ``RewardModel`` trained; a causal LM is converted first (fresh score head)."""
+        if not is_sequence_classifier(model):
+            model = self._as_classifier(model, self.tokenizer, self.config.seed)
+        if hasattr(model, "get_base_model"):  # LoRA: the new score head must train with the adapters
+            causal_lm(model).score.requires_grad_(True)
+        return RewardModel(model, attention=self.config.attention)
+
+    def token_lists(self, data, name: str) -> tuple[list, ...]:
+        """``(prompt_ids, chosen_ids, rejected_ids, margins)``; the margins travel with the
+        examples when the base loop shuffles them."""
+        return (*preference_token_lists(data, self.tokenizer, name), _margin_column(data, name))
+
+    def pack_lists(self, lists, *, sort_by_length: bool) -> list[PackedBatch]:
+        c = self.config
+        return pack_preference_examples(
+            *lists[:3], token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
+            max_completion_length=c.max_completion_length, on_overflow=c.on_overflow, sort_by_length=sort_by_length,
+        )
+
+    def pair_margins(self, row: PackedBatch) -> torch.Tensor | None:
+        """fp32 ``[E]`` margin of each training pair of ``row`` (None when all are 0)."""
+        if self.config.margin == 0 and not bool(self._train_margins.any()):
+            return None
+        margins = self._train_margins[row.example_index.cpu()] + self.config.margin
+        return margins.to(row.device)
+
+    def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
+        num_pairs = sum(row.num_examples for row in rows)
+        totals: dict[str, float] = {}
+        for row in rows:
+            with self.autocast():
+                scores = self.policy(row)
+            loss = bradley_terry_loss(scores.chosen, scores.rejected, margin=self.pair_margins(row),
+                                      center_rewards_coefficient=self.config.center_rewards_coefficient,
+                                      num_pairs=num_pairs)
+            loss.backward()
+            chosen, rejected = scores.chosen.detach(), scores.rejected.detach()
+            sums = {
+                "loss": float(loss.detach()) * num_pairs,  # undo the step normalization
+                "accuracy": float((chosen > rejected).float().sum()),
+                "margin": float((chosen - rejected).sum()),
+                "rewards/chosen": float(chosen.sum()),
+                "rewards/rejected": float(rejected.sum()),
+            }
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+        metrics = {key: value / num_pairs for key, value in totals.items()}
+        metrics["pairs"] = num_pairs
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out reward accuracy (how often ``r(chosen) > r(rejected)``), the mean margin
+        ``r_c − r_r`` and the mean rewards on ``eval_data``."""
+        if not self.eval_rows:
+            raise ValueError("evaluate() needs eval_data")
+        was_training = self.policy.training
+        self.policy.eval()
+        chosen, rejected = [], []
+        try:
+            for row in self.eval_rows:
+                with self.autocast():
+                    scores = self.policy(row.to(self.device))
+                chosen.append(scores.chosen.float().cpu())
+                rejected.append(scores.rejected.float().cpu())
+        finally:
+            self.policy.train(was_training)
+        chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+        margins = chosen - rejected
+        return {"pairs": float(margins.numel()), "reward_accuracy": float((margins > 0).float().mean()),
+                "reward_margin": float(margins.mean()), "rewards/chosen": float(chosen.mean()),
+                "rewards/rejected": float(rejected.mean())}
