@@ -10,7 +10,7 @@ from fastalign.data.loading import (
     load_sft_data,
     loading_stats,
 )
-from fastalign.data.synthetic import TASKS, make_preference_task, make_sft_task, verify
+from fastalign.data.synthetic import TASKS, make_preference_task, make_sft_task, verify, verify_score
 from fastalign.data.tokenize import pack_dataset, tokenize_preference_data, tokenize_sft_data
 from fastalign.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, byte_tokenizer
 
@@ -36,4 +36,5 @@ __all__ = [
     "tokenize_preference_data",
     "tokenize_sft_data",
     "verify",
+    "verify_score",
 ]

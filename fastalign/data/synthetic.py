@@ -124,13 +124,7 @@ def make_sft_task(
     return _make(num_train, num_test, seed, task, min_length, max_length, preference=False)
 
 
-def verify(prompt: str, completion: str, *, eos_token: str | None = "<eos>") -> bool:
-    """Whether ``completion`` answers ``prompt`` exactly.
-
-    The completion is cut at the first ``eos_token`` (decoded text may carry it and whatever
-    was generated after it), then surrounding whitespace is stripped; the rest must equal the
-    answer. Raises ``ValueError`` if ``prompt`` is not a prompt of this task.
-    """
+def _answer_and_expected(prompt: str, completion: str, eos_token: str | None) -> tuple[str, str]:
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise ValueError("prompt and completion must be strings")
     match = _PROMPT.fullmatch(prompt)
@@ -138,4 +132,24 @@ def verify(prompt: str, completion: str, *, eos_token: str | None = "<eos>") -> 
         raise ValueError(f"prompt is not a synthetic-task prompt: {prompt[:40]!r}")
     if eos_token:
         completion = completion.split(eos_token, 1)[0]
-    return completion.strip() == solve(match.group(1), match.group(2))
+    return completion.strip(), solve(match.group(1), match.group(2))
+
+
+def verify_score(prompt: str, completion: str, *, eos_token: str | None = "<eos>") -> float:
+    """Graded verifier in ``[0, 1]``: the share of answer positions holding the right letter,
+    divided by ``max(len(answer), len(expected))`` (so extra or missing letters cost). 1.0
+    exactly when ``verify`` holds; a dense reward for RL on this task."""
+    answer, expected = _answer_and_expected(prompt, completion, eos_token)
+    matches = sum(a == b for a, b in zip(answer, expected))
+    return matches / max(len(answer), len(expected))
+
+
+def verify(prompt: str, completion: str, *, eos_token: str | None = "<eos>") -> bool:
+    """Whether ``completion`` answers ``prompt`` exactly.
+
+    The completion is cut at the first ``eos_token`` (decoded text may carry it and whatever
+    was generated after it), then surrounding whitespace is stripped; the rest must equal the
+    answer. Raises ``ValueError`` if ``prompt`` is not a prompt of this task.
+    """
+    answer, expected = _answer_and_expected(prompt, completion, eos_token)
+    return answer == expected

@@ -11,14 +11,15 @@ from collections.abc import Callable, Sequence
 RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
 
 
-def verifier_reward(verify: Callable[[str, str], bool], *, correct: float = 1.0, wrong: float = 0.0) -> RewardFn:
-    """Reward ``correct`` when ``verify(prompt, completion)`` holds, else ``wrong``."""
+def verifier_reward(verify: Callable[[str, str], bool | float], *, correct: float = 1.0, wrong: float = 0.0) -> RewardFn:
+    """Reward ``correct`` when ``verify(prompt, completion)`` holds, else ``wrong``; a verifier
+    that returns a float score (a graded one) is mapped linearly: ``wrong + score·(correct − wrong)``."""
     if not callable(verify):
         raise ValueError("verify must be a callable (prompt, completion) -> bool")
 
     def reward(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        return [correct if verify(p, c) else wrong for p, c in zip(prompts, completions)]
+        return [wrong + float(verify(p, c)) * (correct - wrong) for p, c in zip(prompts, completions)]
 
     return reward

@@ -1,0 +1,110 @@
+"""What the RL trainers (PPO, GRPO) share: prompts in a seeded order per epoch, rollouts
+through ``fastalign.rollout.generate``, rewards from a ``reward_fn``, packed ``[P C]`` rows of
+the sampled completions, and evaluation by the mean reward of greedy completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastalign.packing import PackedBatch, pack_completion_examples
+from fastalign.rollout import Rollout, generate
+from fastalign.rollout.rewards import RewardFn
+from fastalign.train.base import Trainer
+from fastalign.train.config import TrainConfig
+
+
+@dataclass
+class RolloutConfig(TrainConfig):
+    """Sampling options shared by PPO and GRPO."""
+
+    learning_rate: float = 1e-5
+    prompts_per_step: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    generation_batch_size: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("prompts_per_step", "max_new_tokens", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+
+
+class RolloutTrainer(Trainer):
+    """Base of the RL trainers. ``train_data`` / ``eval_data``: ``datasets.Dataset`` with a
+    ``prompt`` text column; ``reward_fn(prompts, completions) -> list[float]``."""
+
+    config: RolloutConfig
+
+    def __init__(self, model: nn.Module, tokenizer, train_data, config: RolloutConfig, *, reward_fn: RewardFn,
+                 eval_data=None) -> None:
+        if not callable(reward_fn):
+            raise ValueError("reward_fn must be a callable (prompts, completions) -> list[float]")
+        if tokenizer is None:
+            raise ValueError("tokenizer is required: RL trainers generate text")
+        self.reward_fn = reward_fn
+        super().__init__(model, tokenizer, train_data, config, eval_data=None)
+        self.eval_prompts = prompts_of(eval_data, "eval_data") if eval_data is not None else None
+
+    @property
+    def generator_model(self) -> nn.Module:
+        """The HF model that samples (the policy's)."""
+        return self.policy.model
+
+    def prepare_train_data(self, train_data) -> None:
+        self.prompts = prompts_of(train_data, "train_data")
+
+    def next_prompts(self, count: int) -> list[str]:
+        """The next ``count`` prompts of this epoch's seeded order (wrapping epochs)."""
+        chosen = []
+        while len(chosen) < count:
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(len(self.prompts), generator=generator).tolist()
+            if self.position >= len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
+            chosen.append(self.prompts[order[self.position]])
+            self.position += 1
+        return chosen
+
+    def rollout(self, prompts: list[str]) -> tuple[Rollout, torch.Tensor, list[PackedBatch]]:
+        """Sample one completion per prompt; rewards fp32 ``[len(prompts)]``; packed rows on the
+        training device (example ``i`` of a row is ``prompts[row.example_index[i]]``)."""
+        c = self.config
+        rollout = generate(self.generator_model, self.tokenizer, prompts, max_new_tokens=c.max_new_tokens,
+                           temperature=c.temperature, top_p=c.top_p, batch_size=c.generation_batch_size)
+        rewards = torch.tensor(self.reward_fn(rollout.prompts, rollout.completions), dtype=torch.float32)
+        if rewards.shape != (len(prompts),) or not torch.isfinite(rewards).all():
+            raise ValueError("reward_fn must return one finite float per completion")
+        rows = pack_completion_examples(rollout.prompt_ids, rollout.completion_ids, token_budget=c.token_budget,
+                                        on_overflow="truncate", sort_by_length=False)
+        return rollout, rewards, [row.to(self.device) for row in rows]
+
+    def can_evaluate(self) -> bool:
+        return bool(self.eval_prompts)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward of greedy completions of the eval prompts."""
+        if not self.eval_prompts:
+            raise ValueError("evaluate() needs eval_data")
+        rollout = generate(self.generator_model, self.tokenizer, self.eval_prompts,
+                           max_new_tokens=self.config.max_new_tokens, batch_size=self.config.generation_batch_size)
+        rewards = self.reward_fn(rollout.prompts, rollout.completions)
+        return {"reward": sum(rewards) / len(rewards)}
+
+
+def prompts_of(data, name: str) -> list[str]:
+    columns = getattr(data, "column_names", None)
+    if columns is None or "prompt" not in columns:
+        raise ValueError(f"{name} must be a datasets.Dataset with a 'prompt' column")
+    prompts = list(data["prompt"])
+    if not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"{name} must hold non-empty prompt strings")
+    return prompts

@@ -1,0 +1,89 @@
+"""PPO and GRPO trainers: mechanics, KL reporting, configuration errors, and the memory claim
+(no full-vocabulary logits in the PPO training pass)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from fastalign.data import byte_tokenizer, make_preference_task, verify, verify_score
+from fastalign.packing import pack_completion_examples
+from fastalign.rollout.rewards import verifier_reward
+from fastalign.testing import AllocationRecorder
+from fastalign.train.grpo import GRPOConfig, GRPOTrainer
+from fastalign.train.ppo import PPOConfig, PPOTrainer
+from fastalign.train.recipes import load_model
+
+
+def _task():
+    return make_preference_task(64, 16, seed=3)
+
+
+def test_grpo_runs_and_reports_kl(tmp_path):
+    model, tokenizer = load_model("tiny", seed=0)
+    config = GRPOConfig(output_dir=str(tmp_path), max_steps=3, learning_rate=1e-3, num_generations=4,
+                        prompts_per_step=4, max_new_tokens=6, beta=0.04, token_budget=512, progress=False)
+    trainer = GRPOTrainer(model, tokenizer, _task()["train"], config, reward_fn=verifier_reward(verify_score),
+                          eval_data=_task()["test"])
+    history = trainer.train()
+    assert [entry["step"] for entry in history] == [1, 2, 3]
+    for entry in history:
+        assert entry["sequences"] == 16 and 0.0 <= entry["reward"] <= 1.0
+        assert math.isfinite(entry["loss"]) and 0.0 <= entry["kl"] < 1.0
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6), "the first step samples from the reference itself"
+    assert 0.0 <= trainer.evaluate()["reward"] <= 1.0
+
+
+def test_ppo_runs_reuses_rollouts_and_reports_kl(tmp_path):
+    model, tokenizer = load_model("tiny", seed=0)
+    config = PPOConfig(output_dir=str(tmp_path), max_steps=4, learning_rate=1e-3, prompts_per_step=8,
+                       max_new_tokens=6, ppo_epochs=2, kl_coef=0.05, kl_target=0.1, token_budget=512,
+                       progress=False)
+    trainer = PPOTrainer(model, tokenizer, _task()["train"], config, reward_fn=verifier_reward(verify))
+    history = trainer.train()
+    assert len(history) == 4
+    # Steps 1-2 share one rollout, steps 3-4 the next: same reward and KL within a pair.
+    assert history[0]["reward"] == history[1]["reward"] and history[2]["kl_to_reference"] == history[3]["kl_to_reference"]
+    assert history[0]["kl_to_reference"] == pytest.approx(0.0, abs=1e-6)
+    assert all(math.isfinite(e["value_loss"]) and 0 <= e["clip_fraction"] <= 1 for e in history)
+    assert history[1]["clip_fraction"] >= 0.0 and history[2]["kl_coef"] != config.kl_coef  # adaptive controller moved
+    saved = trainer.save_model()
+    assert (saved / "config.json").is_file()
+
+
+def test_rl_configuration_errors(tmp_path):
+    with pytest.raises(ValueError, match="num_generations must be >= 2"):
+        GRPOConfig(output_dir=str(tmp_path), num_generations=1).validate()
+    with pytest.raises(ValueError, match="kl_estimator must be one of"):
+        PPOConfig(output_dir=str(tmp_path), kl_estimator="k9").validate()
+    model, tokenizer = load_model("tiny")
+    with pytest.raises(ValueError, match="reward_fn must be a callable"):
+        GRPOTrainer(model, tokenizer, _task()["train"], GRPOConfig(output_dir=str(tmp_path)), reward_fn=None)
+    with pytest.raises(ValueError, match="'prompt' column"):
+        PPOTrainer(model, tokenizer, _task()["train"].rename_column("prompt", "question"),
+                   PPOConfig(output_dir=str(tmp_path)), reward_fn=verifier_reward(verify))
+
+
+def test_ppo_training_pass_never_materializes_vocab_logits(tmp_path):
+    vocab = 65_536
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    trainer = PPOTrainer(model, byte_tokenizer(), _task()["train"], PPOConfig(output_dir=str(tmp_path), token_budget=4096,
+                         progress=False), reward_fn=verifier_reward(verify))
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, vocab, (12,), generator=generator).tolist() for _ in range(32)]
+    answers = [torch.randint(0, vocab, (20,), generator=generator).tolist() for _ in range(32)]
+    rows = pack_completion_examples(prompts, answers, token_budget=4096)
+    scored = sum(row.targets.numel() for row in rows)
+    rewards = torch.rand(32, generator=generator)
+    trainer._rollout = dict(rows=list(rows), prepared=trainer._prepare(list(rows), rewards), rewards=rewards,
+                            kl=0.0, epochs_left=1, lengths=20.0)
+    with AllocationRecorder() as recorder:
+        trainer.accumulate(list(rows))
+    assert recorder.largest_numel < scored * vocab // 4, (recorder.largest_numel, recorder.largest_op)
+    assert all(p.grad is not None for p in trainer.policy.actor.parameters() if p.requires_grad)
