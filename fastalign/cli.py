@@ -2,7 +2,7 @@
 work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
 
     fastalign demo [--output-dir ./fastalign-demo]
-    fastalign train sft|dpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
+    fastalign train sft|rm|dpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
                     [--output-dir DIR] [--max-steps N] [--seed S] [--resume] [key=value ...]
     fastalign eval --model PATH [--baseline PATH] [--reference PATH] --data synthetic|PATH
 """
@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def _parse_value(text: str) -> Any:
     """``key=value`` overrides: YAML scalars/lists (``3``, ``1e-4``, ``true``, ``[a, b]``)."""
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _SCIENTIFIC.match(value):
+        return float(value)  # YAML 1.1 reads ``1e-4`` (no dot) as a string
+    return value
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
 
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("kind", choices=["sft", "dpo"])
+    train.add_argument("kind", choices=["sft", "rm", "dpo"])
     train.add_argument("--model", required=True, help="'tiny' (random-init preset) or a model path / hub name")
     train.add_argument("--data", required=True, help="'synthetic' (embedded task) or a dataset path / hub name")
     train.add_argument("--eval-data", default=None)

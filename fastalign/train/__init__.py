@@ -2,6 +2,7 @@
 
 from fastalign.train.config import DPOConfig, SFTConfig, TrainConfig
 from fastalign.train.dpo import DPOTrainer
+from fastalign.train.reward import RewardConfig, RewardTrainer
 from fastalign.train.sft import SFTTrainer
 
-__all__ = ["DPOConfig", "DPOTrainer", "SFTConfig", "SFTTrainer", "TrainConfig"]
+__all__ = ["DPOConfig", "DPOTrainer", "RewardConfig", "RewardTrainer", "SFTConfig", "SFTTrainer", "TrainConfig"]

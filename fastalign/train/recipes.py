@@ -27,6 +27,7 @@ from fastalign.models import PolicyModel, SeparateReference
 from fastalign.models.presets import preset_model
 from fastalign.train.config import DPOConfig, SFTConfig
 from fastalign.train.dpo import DPOTrainer
+from fastalign.train.reward import RewardConfig, RewardTrainer
 from fastalign.train.sft import SFTTrainer
 
 SYNTHETIC_SIZES = {"num_train": 4000, "num_test": 200}
@@ -52,7 +53,7 @@ def load_model(name: str, *, seed: int = 0):
 
 
 def load_data(kind: str, source: str, tokenizer, *, seed: int = 0, split: str = "train"):
-    """``(train, eval)`` datasets for ``kind`` in ``{"sft", "dpo"}``."""
+    """``(train, eval)`` datasets for ``kind`` in ``{"sft", "dpo", "rm"}`` (``rm``: preference data)."""
     if source == "synthetic":
         make = make_sft_task if kind == "sft" else make_preference_task
         task = make(SYNTHETIC_SIZES["num_train"], SYNTHETIC_SIZES["num_test"], seed=seed)
@@ -61,18 +62,39 @@ def load_data(kind: str, source: str, tokenizer, *, seed: int = 0, split: str = 
     return load(source, split=split, tokenizer=tokenizer), None
 
 
+def load_reward_model(name: str, *, seed: int = 0):
+    """``(model, tokenizer)`` for reward-model training: a saved ``*ForSequenceClassification``
+    is loaded as one; ``tiny`` or a causal LM is returned as is (``RewardTrainer`` converts it)."""
+    if name != "tiny":
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            architectures = AutoConfig.from_pretrained(name).architectures or []
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--model {name!r} is neither 'tiny' nor a loadable model: {error}") from error
+        if any(arch.endswith("ForSequenceClassification") for arch in architectures):
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return AutoModelForSequenceClassification.from_pretrained(name, dtype=torch.float32), tokenizer
+    return load_model(name, seed=seed)
+
+
+TRAINERS = {"sft": (SFTConfig, SFTTrainer), "dpo": (DPOConfig, DPOTrainer), "rm": (RewardConfig, RewardTrainer)}
+
+
 def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], eval_data: str | None = None,
                  resume: bool = False) -> Path:
-    """Train ``kind`` (``"sft"`` or ``"dpo"``) and save the final model; returns its path."""
-    if kind not in ("sft", "dpo"):
-        raise ValueError(f"kind must be 'sft' or 'dpo', got {kind!r}")
-    config_class = SFTConfig if kind == "sft" else DPOConfig
+    """Train ``kind`` (``"sft"``, ``"dpo"`` or ``"rm"``) and save the final model; returns its path."""
+    if kind not in TRAINERS:
+        raise ValueError(f"kind must be one of {tuple(TRAINERS)}, got {kind!r}")
+    config_class, trainer_class = TRAINERS[kind]
     train_config = config_class.from_dict(config)
-    network, tokenizer = load_model(model, seed=train_config.seed)
+    load = load_reward_model if kind == "rm" else load_model
+    network, tokenizer = load(model, seed=train_config.seed)
     train, held_out = load_data(kind, data, tokenizer, seed=train_config.seed)
     if eval_data is not None:
         _, held_out = load_data(kind, eval_data, tokenizer, seed=train_config.seed)
-    trainer_class = SFTTrainer if kind == "sft" else DPOTrainer
     trainer = trainer_class(network, tokenizer, train, train_config, eval_data=held_out)
     trainer.train(resume=resume)
     if held_out is not None:

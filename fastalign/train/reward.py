@@ -3,6 +3,7 @@ prefix-shared preference rows (the prompt is encoded once for both answers)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from fastalign.losses.reward import bradley_terry_loss
-from fastalign.models.backbone import PackedModel, causal_lm
+from fastalign.models.backbone import PackedModel
 from fastalign.models.reward import RewardModel, is_sequence_classifier, reward_model_from_causal_lm
 from fastalign.packing import PackedBatch, pack_preference_examples
 from fastalign.train.base import Trainer
@@ -56,6 +57,16 @@ def _margin_column(data, name: str) -> list[float]:
     return margins
 
 
+def _with_seq_cls_lora(model: nn.Module, config: RewardConfig) -> nn.Module:
+    try:
+        import peft
+    except ImportError as error:
+        raise ValueError("lora_r > 0 needs the peft package: pip install 'fastalign[peft]'") from error
+    lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                           target_modules=list(config.lora_target_modules), task_type="SEQ_CLS")
+    return peft.get_peft_model(model, lora)
+
+
 class RewardTrainer(Trainer):
     """Train a reward model on preference pairs.
 
@@ -77,10 +88,19 @@ class RewardTrainer(Trainer):
         if not isinstance(config, RewardConfig):
             raise ValueError(f"config must be a RewardConfig, got {type(config).__name__}")
         if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a transformers sequence classifier or causal LM, got {type(model).__name__}")
-        # Convert before the base class adds LoRA adapters (they must wrap the classifier).
+            raise ValueError(f"model must be a transformers sequence classifier or causal LM, "
+                             f"got {type(model).__name__}")
+        config.validate()
         model = self._as_classifier(model, tokenizer, config.seed)
-        super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
+        base_config = config
+        if config.lora_r > 0:
+            # The base class would add CAUSAL_LM adapters; a classifier needs SEQ_CLS ones, which
+            # also train (and save) the score head. A model that has adapters keeps them.
+            if not hasattr(model, "get_base_model"):
+                model = _with_seq_cls_lora(model, config)
+            base_config = dataclasses.replace(config, lora_r=0)
+        super().__init__(model, tokenizer, train_data, base_config, eval_data=eval_data)
+        self.config = config
         self._train_margins = torch.tensor(self.train_lists[3], dtype=torch.float32)
 
     @staticmethod
@@ -94,8 +114,6 @@ class RewardTrainer(Trainer):
         """The ``RewardModel`` trained; a causal LM is converted first (fresh score head)."""
         if not is_sequence_classifier(model):
             model = self._as_classifier(model, self.tokenizer, self.config.seed)
-        if hasattr(model, "get_base_model"):  # LoRA: the new score head must train with the adapters
-            causal_lm(model).score.requires_grad_(True)
         return RewardModel(model, attention=self.config.attention)
 
     def token_lists(self, data, name: str) -> tuple[list, ...]:
