@@ -2,7 +2,7 @@
 work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
 
     fastalign demo [--output-dir ./fastalign-demo]
-    fastalign train sft|rm|dpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
+    fastalign train sft|rm|dpo|ppo|grpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
                     [--output-dir DIR] [--max-steps N] [--seed S] [--resume] [key=value ...]
     fastalign eval --model PATH [--baseline PATH] [--reference PATH] --data synthetic|PATH
 """
@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
 
     train = commands.add_parser("train", help="train a model")
-    train.add_argument("kind", choices=["sft", "rm", "dpo"])
+    train.add_argument("kind", choices=["sft", "rm", "dpo", "ppo", "grpo"])
     train.add_argument("--model", required=True, help="'tiny' (random-init preset) or a model path / hub name")
     train.add_argument("--data", required=True, help="'synthetic' (embedded task) or a dataset path / hub name")
     train.add_argument("--eval-data", default=None)
+    train.add_argument("--reward-model", default=None, help="ppo/grpo: a trained reward model (default: the verifier)")
     train.add_argument("--config", default=None, help="YAML file of config options")
     train.add_argument("--output-dir", default=None)
     train.add_argument("--max-steps", type=int, default=None)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             path = run_training(args.kind, model=args.model, data=args.data, config=_config(args),
-                                eval_data=args.eval_data, resume=args.resume)
+                                eval_data=args.eval_data, resume=args.resume, reward_model=args.reward_model)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -21,12 +21,16 @@ from fastalign.data import (
     make_preference_task,
     make_sft_task,
     verify,
+    verify_score,
 )
 from fastalign.eval import preference_accuracy, win_rate
-from fastalign.models import PolicyModel, SeparateReference
+from fastalign.models import PolicyModel, RewardModel, SeparateReference
 from fastalign.models.presets import preset_model
+from fastalign.rollout.rewards import reward_model_reward, verifier_reward
 from fastalign.train.config import DPOConfig, SFTConfig
 from fastalign.train.dpo import DPOTrainer
+from fastalign.train.grpo import GRPOConfig, GRPOTrainer
+from fastalign.train.ppo import PPOConfig, PPOTrainer
 from fastalign.train.reward import RewardConfig, RewardTrainer
 from fastalign.train.sft import SFTTrainer
 
@@ -58,7 +62,7 @@ def load_data(kind: str, source: str, tokenizer, *, seed: int = 0, split: str = 
         make = make_sft_task if kind == "sft" else make_preference_task
         task = make(SYNTHETIC_SIZES["num_train"], SYNTHETIC_SIZES["num_test"], seed=seed)
         return task["train"], task["test"]
-    load = load_sft_data if kind == "sft" else load_preference_data
+    load = load_sft_data if kind == "sft" else load_preference_data  # RL: prompts of preference data
     return load(source, split=split, tokenizer=tokenizer), None
 
 
@@ -80,12 +84,24 @@ def load_reward_model(name: str, *, seed: int = 0):
     return load_model(name, seed=seed)
 
 
-TRAINERS = {"sft": (SFTConfig, SFTTrainer), "dpo": (DPOConfig, DPOTrainer), "rm": (RewardConfig, RewardTrainer)}
+TRAINERS = {"sft": (SFTConfig, SFTTrainer), "dpo": (DPOConfig, DPOTrainer), "rm": (RewardConfig, RewardTrainer),
+            "ppo": (PPOConfig, PPOTrainer), "grpo": (GRPOConfig, GRPOTrainer)}
+
+
+def reward_function(data: str, reward_model: str | None, tokenizer, *, seed: int = 0):
+    """RL rewards: a trained reward model when given, else the embedded task's graded verifier."""
+    if reward_model is not None:
+        network, _ = load_reward_model(reward_model, seed=seed)
+        return reward_model_reward(RewardModel(network.eval().requires_grad_(False)), tokenizer)
+    if data != "synthetic":
+        raise ValueError("PPO/GRPO on your own data need --reward-model (a verifier exists only for synthetic)")
+    return verifier_reward(verify_score)
 
 
 def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], eval_data: str | None = None,
-                 resume: bool = False) -> Path:
-    """Train ``kind`` (``"sft"``, ``"dpo"`` or ``"rm"``) and save the final model; returns its path."""
+                 resume: bool = False, reward_model: str | None = None) -> Path:
+    """Train ``kind`` (``"sft"``, ``"dpo"``, ``"rm"``, ``"ppo"`` or ``"grpo"``) and save the final
+    model; returns its path. PPO/GRPO use the prompts of preference data."""
     if kind not in TRAINERS:
         raise ValueError(f"kind must be one of {tuple(TRAINERS)}, got {kind!r}")
     config_class, trainer_class = TRAINERS[kind]
@@ -95,7 +111,11 @@ def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], ev
     train, held_out = load_data(kind, data, tokenizer, seed=train_config.seed)
     if eval_data is not None:
         _, held_out = load_data(kind, eval_data, tokenizer, seed=train_config.seed)
-    trainer = trainer_class(network, tokenizer, train, train_config, eval_data=held_out)
+    if kind in ("ppo", "grpo"):
+        rewards = reward_function(data, reward_model, tokenizer, seed=train_config.seed)
+        trainer = trainer_class(network, tokenizer, train, train_config, reward_fn=rewards, eval_data=held_out)
+    else:
+        trainer = trainer_class(network, tokenizer, train, train_config, eval_data=held_out)
     trainer.train(resume=resume)
     if held_out is not None:
         print({f"eval/{k}": round(v, 4) for k, v in trainer.evaluate().items()})

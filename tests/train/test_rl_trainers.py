@@ -87,3 +87,18 @@ def test_ppo_training_pass_never_materializes_vocab_logits(tmp_path):
         trainer.accumulate(list(rows))
     assert recorder.largest_numel < scored * vocab // 4, (recorder.largest_numel, recorder.largest_op)
     assert all(p.grad is not None for p in trainer.policy.actor.parameters() if p.requires_grad)
+
+
+def test_cli_trains_ppo_with_the_verifier_and_grpo_with_a_reward_model(tmp_path):
+    from fastalign.cli import main
+
+    small = ["--max-steps", "1", "progress=false", "token_budget=512", "prompts_per_step=2", "max_new_tokens=4"]
+    assert main(["train", "rm", "--model", "tiny", "--data", "synthetic", "--output-dir", str(tmp_path / "rm"),
+                 "--max-steps", "2", "progress=false", "token_budget=512"]) == 0
+    assert main(["train", "grpo", "--model", "tiny", "--data", "synthetic", "--output-dir", str(tmp_path / "grpo"),
+                 "--reward-model", str(tmp_path / "rm" / "final"), "num_generations=2", *small]) == 0
+    assert main(["train", "ppo", "--model", "tiny", "--data", "synthetic", "--output-dir", str(tmp_path / "ppo"),
+                 *small]) == 0
+    for name in ("grpo", "ppo"):
+        assert (tmp_path / name / "final" / "config.json").is_file()
+        assert len((tmp_path / name / "metrics.jsonl").read_text().splitlines()) == 1
