@@ -5,6 +5,7 @@ work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
     fastalign train sft|rm|dpo|ppo|grpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
                     [--output-dir DIR] [--max-steps N] [--seed S] [--resume] [key=value ...]
     fastalign eval --model PATH [--baseline PATH] [--reference PATH] --data synthetic|PATH
+    fastalign bench pipeline [--preset cpu-tiny|gpu-1b] [--out bench/results] [...]
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--max-new-tokens", type=int, default=16)
     evaluate.add_argument("--seed", type=int, default=0)
+
+    bench = commands.add_parser("bench", help="benchmarks (pipeline: SFT→RM→PPO vs SFT→DPO vs SFT→GRPO)")
+    bench.add_argument("name", choices=["pipeline"])
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark (--help for them)")
     return parser
 
 
@@ -107,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_demo(settings)
         print(f"outputs in {args.output_dir}/ (summary.json, training_curves.png, sft/final, dpo/final)")
         return 0 if summary["table"] else 1
+    if args.command == "bench":
+        from fastalign.bench.pipeline import main as bench_pipeline
+
+        return bench_pipeline(args.bench_args)
     if args.command == "train":
         from fastalign.train.recipes import run_training
 

@@ -222,7 +222,7 @@ class Trainer:
             seconds = time.perf_counter() - start
             entry = {"step": self.step, "lr": lr, "grad_norm": float(norm), **metrics,
                      "tokens_per_s": sum(row.num_tokens for row in rows) / seconds, "seconds": seconds,
-                     "peak_memory_mb": self._peak_memory_mb()}
+                     **self._peak_memory()}
             if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
                 entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.policy.train()
@@ -237,10 +237,12 @@ class Trainer:
         bar.close()
         return self.history
 
-    def _peak_memory_mb(self) -> float:
+    def _peak_memory(self) -> dict[str, float]:
+        """CUDA: the step's peak allocated memory. CPU: only the process-lifetime peak RSS
+        exists (it never goes down), so it is named for what it is."""
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+            return {"peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
+        return {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
 
     def save_model(self, path: str | Path | None = None) -> Path:
         """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer."""

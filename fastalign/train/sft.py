@@ -36,7 +36,7 @@ class SFTTrainer(Trainer):
             loss = -logprobs.sum() / num_tokens
             loss.backward()
             total += float(loss.detach())
-        return {"loss": total, "tokens": num_tokens}
+        return {"loss": total, "scored_tokens": num_tokens}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
