@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baseline", default=None, help="model to compare generations with (win rate)")
     evaluate.add_argument("--reference", default=None, help="reference model for implicit-reward accuracy")
     evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--reward-model", default=None, help="judge the win rate with this reward model too")
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--max-new-tokens", type=int, default=16)
     evaluate.add_argument("--seed", type=int, default=0)
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run_eval(model=args.model, baseline=args.baseline, data=args.data, reference=args.reference,
-                          beta=args.beta, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                          beta=args.beta, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                          reward_model=args.reward_model)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

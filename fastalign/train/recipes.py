@@ -23,7 +23,7 @@ from fastalign.data import (
     verify,
     verify_score,
 )
-from fastalign.eval import preference_accuracy, win_rate
+from fastalign.eval import preference_accuracy, reward_win_rate, win_rate
 from fastalign.models import PolicyModel, RewardModel, SeparateReference
 from fastalign.models.presets import preset_model
 from fastalign.rollout.rewards import reward_model_reward, verifier_reward
@@ -123,10 +123,12 @@ def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], ev
 
 
 def run_eval(*, model: str, baseline: str | None, data: str, reference: str | None = None, beta: float = 0.1,
-             max_new_tokens: int = 16, token_budget: int = 2048, seed: int = 0) -> dict[str, float]:
+             max_new_tokens: int = 16, token_budget: int = 2048, seed: int = 0,
+             reward_model: str | None = None) -> dict[str, float]:
     """Held-out preference accuracy of ``model`` (implicit-reward accuracy against
-    ``reference`` when given) and, on the synthetic task, its verifier-judged win rate against
-    ``baseline``."""
+    ``reference`` when given) and its win rate against ``baseline``: judged by the verifier on
+    the synthetic task, and by ``reward_model`` when given (per ``subset`` column value too,
+    e.g. HH's helpful / harmless splits)."""
     network, tokenizer = load_model(model, seed=seed)
     _, held_out = load_data("dpo", data, tokenizer, seed=seed)
     held_out = held_out if held_out is not None else load_preference_data(data, split="test", tokenizer=tokenizer)
@@ -136,11 +138,17 @@ def run_eval(*, model: str, baseline: str | None, data: str, reference: str | No
     frozen = SeparateReference(load_model(reference, seed=seed)[0]) if reference else None
     result = preference_accuracy(policy, rows, reference=frozen, beta=beta)
     if baseline is not None:
-        if data != "synthetic":
-            raise ValueError("win rate needs a verifier: only --data synthetic has one (reward-model judging: RLHF)")
+        if data != "synthetic" and reward_model is None:
+            raise ValueError("a win rate needs a judge: --reward-model PATH (or --data synthetic for its verifier)")
         other, _ = load_model(baseline, seed=seed)
-        result.update(win_rate(network, other, tokenizer, list(held_out["prompt"]), verify,
-                               max_new_tokens=max_new_tokens))
+        prompts = list(held_out["prompt"])
+        if data == "synthetic":
+            result.update(win_rate(network, other, tokenizer, prompts, verify, max_new_tokens=max_new_tokens))
+        if reward_model is not None:
+            judge = reward_function(data, reward_model, tokenizer, seed=seed)
+            subsets = list(held_out["subset"]) if "subset" in held_out.column_names else None
+            result.update(reward_win_rate(network, other, tokenizer, prompts, judge, subsets=subsets,
+                                          max_new_tokens=max_new_tokens))
     return result
 
 
