@@ -82,9 +82,45 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known: {sorted(names)}")
-        config = cls(**values)
+        defaults = cls()
+        annotations = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        coerced = {name: _coerce(name, value, getattr(defaults, name), annotations[name]) for name, value in values.items()}
+        config = cls(**coerced)
         config.validate()
         return config
+
+
+def _coerce(name: str, value: Any, default: Any, annotation: str) -> Any:
+    """Check a configured value against the type of the field's default. YAML reads ``1e-4``
+    (no dot) as a string, so numeric strings are converted for float fields; anything else of
+    the wrong type is a ``ValueError`` naming the option (not a ``TypeError`` later)."""
+    if default is None or value is None:
+        return value
+    if isinstance(value, list) and "list" in annotation and all(isinstance(v, str) for v in value):
+        return value  # e.g. loss_type: str | list[str]
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"option {name} must be a {type(default).__name__}, got {value!r}")
 
 
 @dataclass

@@ -158,3 +158,17 @@ def test_bad_configuration_is_refused_before_any_work(tmp_path):
         DPOTrainer(tiny_model("llama"), None, datasets.Dataset.from_list([dict(prompt="a", chosen="b", rejected="c")]),
                    _config(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_config_from_yaml_values_checks_types(tmp_path):
+    import yaml
+
+    values = yaml.safe_load("learning_rate: 1e-4\nloss_type: [sigmoid, sft]\nadam_betas: [0.9, 0.95]\nmax_steps: 3\n")
+    assert values["learning_rate"] == "1e-4", "YAML reads 1e-4 as a string"
+    config = DPOConfig.from_dict({**values, "output_dir": str(tmp_path)})
+    assert config.learning_rate == 1e-4 and config.loss_type == ["sigmoid", "sft"] and config.adam_betas == (0.9, 0.95)
+    for bad, message in [({"max_steps": "3"}, "option max_steps must be a int"),
+                         ({"progress": "yes"}, "option progress must be a bool"),
+                         ({"learning_rate": "fast"}, "option learning_rate must be a float")]:
+        with pytest.raises(ValueError, match=message):
+            DPOConfig.from_dict(bad)
