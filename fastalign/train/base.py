@@ -54,13 +54,14 @@ def lr_multiplier(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * shape
 
 
-def _with_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+def with_lora(model: nn.Module, config: TrainConfig, *, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """``model`` wrapped with peft LoRA adapters per ``config`` (``SEQ_CLS`` also trains the head)."""
     try:
         import peft
     except ImportError as error:
         raise ValueError("lora_r > 0 needs the peft package: pip install 'fastalign[peft]'") from error
     lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                           target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
+                           target_modules=list(config.lora_target_modules), task_type=task_type)
     return peft.get_peft_model(model, lora)
 
 
@@ -79,7 +80,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         seed_everything(config.seed)
         if config.lora_r > 0:
-            model = _with_lora(model, config)
+            model = with_lora(model, config)
         model.to(self.device)
         if config.gradient_checkpointing:
             enable_activation_checkpointing(model)

@@ -14,7 +14,7 @@ from fastalign.losses.reward import bradley_terry_loss
 from fastalign.models.backbone import PackedModel
 from fastalign.models.reward import RewardModel, is_sequence_classifier, reward_model_from_causal_lm
 from fastalign.packing import PackedBatch, pack_preference_examples
-from fastalign.train.base import Trainer
+from fastalign.train.base import Trainer, with_lora
 from fastalign.train.config import TrainConfig
 from fastalign.train.data_glue import preference_token_lists
 
@@ -57,16 +57,6 @@ def _margin_column(data, name: str) -> list[float]:
     return margins
 
 
-def _with_seq_cls_lora(model: nn.Module, config: RewardConfig) -> nn.Module:
-    try:
-        import peft
-    except ImportError as error:
-        raise ValueError("lora_r > 0 needs the peft package: pip install 'fastalign[peft]'") from error
-    lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                           target_modules=list(config.lora_target_modules), task_type="SEQ_CLS")
-    return peft.get_peft_model(model, lora)
-
-
 class RewardTrainer(Trainer):
     """Train a reward model on preference pairs.
 
@@ -97,7 +87,7 @@ class RewardTrainer(Trainer):
             # The base class would add CAUSAL_LM adapters; a classifier needs SEQ_CLS ones, which
             # also train (and save) the score head. A model that has adapters keeps them.
             if not hasattr(model, "get_base_model"):
-                model = _with_seq_cls_lora(model, config)
+                model = with_lora(model, config, task_type="SEQ_CLS")
             base_config = dataclasses.replace(config, lora_r=0)
         super().__init__(model, tokenizer, train_data, base_config, eval_data=eval_data)
         self.config = config
