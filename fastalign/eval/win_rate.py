@@ -16,6 +16,13 @@ from fastalign.rollout.generate import generate
 Verifier = Callable[[str, str], bool]
 
 
+def _greedy_answers(model, baseline, tokenizer, prompts, max_new_tokens: int, batch_size: int):
+    """Greedy completions of ``prompts`` by the model and by the baseline."""
+    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return (generate(model, tokenizer, prompts, **options).completions,
+            generate(baseline, tokenizer, prompts, **options).completions)
+
+
 def win_rate(
     model: nn.Module,
     baseline: nn.Module,
@@ -32,10 +39,9 @@ def win_rate(
         raise ValueError("prompts must not be empty")
     if not callable(verify):
         raise ValueError("verify must be a callable (prompt, completion) -> bool")
-    ours = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    theirs = generate(baseline, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    correct = [bool(verify(p, c)) for p, c in zip(prompts, ours.completions)]
-    baseline_correct = [bool(verify(p, c)) for p, c in zip(prompts, theirs.completions)]
+    ours, theirs = _greedy_answers(model, baseline, tokenizer, prompts, max_new_tokens, batch_size)
+    correct = [bool(verify(p, c)) for p, c in zip(prompts, ours)]
+    baseline_correct = [bool(verify(p, c)) for p, c in zip(prompts, theirs)]
     wins = sum(a and not b for a, b in zip(correct, baseline_correct))
     losses = sum(b and not a for a, b in zip(correct, baseline_correct))
     ties = len(prompts) - wins - losses
@@ -68,10 +74,9 @@ def reward_win_rate(
         raise ValueError("prompts must not be empty")
     if subsets is not None and len(subsets) != len(prompts):
         raise ValueError(f"subsets has {len(subsets)} labels for {len(prompts)} prompts")
-    ours = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    theirs = generate(baseline, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    mine = reward_fn(list(prompts), ours.completions)
-    other = reward_fn(list(prompts), theirs.completions)
+    ours, theirs = _greedy_answers(model, baseline, tokenizer, prompts, max_new_tokens, batch_size)
+    mine = reward_fn(list(prompts), ours)
+    other = reward_fn(list(prompts), theirs)
     outcome = [1.0 if a > b + tie_margin else 0.0 if b > a + tie_margin else 0.5 for a, b in zip(mine, other)]
     result = {"rm_win_rate": sum(outcome) / len(outcome), "rm_reward": sum(mine) / len(mine),
               "rm_baseline_reward": sum(other) / len(other)}

@@ -51,7 +51,7 @@ class PolicyModel(PackedModel):
     def __init__(self, model: nn.Module, *, attention: str = "auto") -> None:
         super().__init__(model, attention=attention)
         head = causal_lm(model).get_output_embeddings()
-        if not isinstance(head, nn.Linear) or type(head) is not nn.Linear:
+        if type(head) is not nn.Linear:  # an adapter-wrapped head would be read without its adapter
             raise ValueError(
                 f"model's output embedding must be a plain nn.Linear (got {type(head).__name__}); "
                 "adapters on the LM head are not supported"

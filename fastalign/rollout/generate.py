@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fastalign.data.tokenize import tokenizer_adds_bos
+from fastalign.models.backbone import PackedModel
 
 
 @dataclass
@@ -28,7 +29,8 @@ class Rollout:
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
-    return model.model if hasattr(model, "hidden_states") and hasattr(model, "model") else model
+    """The HF model that generates: a fastalign module's ``.model``, else ``model`` itself."""
+    return model.model if isinstance(model, PackedModel) else model
 
 
 @torch.no_grad()

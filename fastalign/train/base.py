@@ -126,14 +126,19 @@ class Trainer:
         return bool(self.eval_rows)
 
     # -- data order -----------------------------------------------------------------------
+    def epoch_order(self, epoch: int, count: int) -> torch.Tensor:
+        """The seeded permutation of ``count`` training items for ``epoch`` (int64 ``[count]``):
+        the same on resume, different every epoch."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return torch.randperm(count, generator=generator)
+
     def rows_for_epoch(self, epoch: int) -> list[PackedBatch]:
         """Every training example once, shuffled by ``(seed, epoch)`` and packed first-fit in
         that order. Re-packing each epoch with unsorted first-fit matters: length-sorted rows
         (first-fit-decreasing) give each step examples of one size and train far worse."""
         if self._epoch_rows is not None and self._epoch_rows[0] == epoch:
             return self._epoch_rows[1]
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.train_lists[0]), generator=generator)
+        order = self.epoch_order(epoch, len(self.train_lists[0]))
         shuffled = tuple([column[i] for i in order.tolist()] for column in self.train_lists)
         rows = self.pack_lists(shuffled, sort_by_length=False)
         for row in rows:

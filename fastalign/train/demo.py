@@ -16,6 +16,7 @@ import torch
 
 from fastalign.data import make_preference_task, make_sft_task, verify
 from fastalign.eval import preference_accuracy, win_rate
+from fastalign.models import PolicyModel
 from fastalign.train.config import DPOConfig, SFTConfig
 from fastalign.train.dpo import DPOTrainer
 from fastalign.train.recipes import load_model, snapshot
@@ -66,8 +67,6 @@ def run_demo(settings: DemoSettings) -> dict:
     rows = dpo.eval_rows
     table = []
     for name, network in (("initial (random)", initial), ("SFT", baseline)):
-        from fastalign.models import PolicyModel
-
         accuracy = preference_accuracy(PolicyModel(network), rows)
         table.append(_row(name, accuracy, win_rate(network, baseline, tokenizer, prompts, verify)))
     dpo.train()

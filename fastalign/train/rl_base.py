@@ -63,12 +63,11 @@ class RolloutTrainer(Trainer):
     def next_prompts(self, count: int) -> list[str]:
         """The next ``count`` prompts of this epoch's seeded order (wrapping epochs)."""
         chosen = []
+        order = self.epoch_order(self.epoch, len(self.prompts)).tolist()
         while len(chosen) < count:
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(len(self.prompts), generator=generator).tolist()
             if self.position >= len(order):
                 self.epoch, self.position = self.epoch + 1, 0
-                continue
+                order = self.epoch_order(self.epoch, len(self.prompts)).tolist()
             chosen.append(self.prompts[order[self.position]])
             self.position += 1
         return chosen
