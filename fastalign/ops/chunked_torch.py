@@ -25,6 +25,7 @@ class TorchStats(NamedTuple):
     entropy: torch.Tensor | None
     lse: torch.Tensor
     logit_sum: torch.Tensor | None
+    max_logit: torch.Tensor | None = None
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -85,8 +86,9 @@ def torch_forward(
     softcap: float | None,
     with_entropy: bool,
     with_logit_sum: bool,
+    with_max_logit: bool = False,
 ) -> TorchStats:
-    """Per-row log-prob of the target, lse, and optionally entropy and logit sum (``[N]``)."""
+    """Per-row log-prob of the target, lse, and optionally entropy, logit sum and max (``[N]``)."""
     acc = accumulation_dtype(hidden.dtype)
     flat_targets = targets.reshape(-1)
     n_rows = flat_targets.numel()
@@ -95,6 +97,7 @@ def torch_forward(
     lse_all = torch.zeros(n_rows, **zeros)
     entropy = torch.zeros(n_rows, **zeros) if with_entropy else None
     logit_sum = torch.zeros(n_rows, **zeros) if with_logit_sum else None
+    max_logit = torch.zeros(n_rows, **zeros) if with_max_logit else None
     read_rows = _HiddenRows(hidden)
     for rows in _scored_rows(targets, ignore_index).split(chunk_rows(weight.shape[0])):
         z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap)
@@ -108,7 +111,9 @@ def torch_forward(
             entropy[rows] = -(log_p.exp() * log_p).sum(dim=1)
         if with_logit_sum:
             logit_sum[rows] = z.sum(dim=1)
-    return TorchStats(logprobs, entropy, lse_all, logit_sum)
+        if with_max_logit:
+            max_logit[rows] = z.amax(dim=1)
+    return TorchStats(logprobs, entropy, lse_all, logit_sum, max_logit)
 
 
 def torch_backward(
@@ -175,3 +180,27 @@ def torch_backward(
     if grad_bias is not None:
         grad_bias = grad_bias.to(bias.dtype)
     return grad_hidden, grad_weight, grad_bias
+
+
+@torch.no_grad()
+def torch_log_sum_sq_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int,
+    temperature: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """``log sum_j p_j^2`` per row (fp32 ``[N]``, 0 where ignored), chunked, without gradient.
+
+    ``log sum p^2 = lse(2z) - 2 lse(z)``: the collision probability WPO weights pairs by.
+    """
+    acc = accumulation_dtype(hidden.dtype)
+    out = torch.zeros(targets.numel(), dtype=acc, device=hidden.device)
+    read_rows = _HiddenRows(hidden)
+    for rows in _scored_rows(targets, ignore_index).split(chunk_rows(weight.shape[0])):
+        z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap)
+        out[rows] = torch.logsumexp(2 * z, dim=1) - 2 * torch.logsumexp(z, dim=1)
+    return out.view(targets.shape)

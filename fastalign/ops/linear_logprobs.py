@@ -35,13 +35,14 @@ class LinearLogprobStats(NamedTuple):
     """Per-row statistics shaped like ``targets`` (``None`` where not requested).
 
     ``lse`` is ``logsumexp(z)``; ``logit_sum`` is ``sum_j z_j`` (label smoothing, mean logits).
-    All are differentiable.
+    All are differentiable except ``max_logit`` (``max_j z_j``, for top-1 accuracy metrics).
     """
 
     logprobs: Tensor
     entropy: Tensor | None
     lse: Tensor
     logit_sum: Tensor | None
+    max_logit: Tensor | None = None
 
 
 _GRAD_NAMES = ("logprobs", "entropy", "lse", "logit_sum")
@@ -68,10 +69,11 @@ def _stats_op(
     softcap: Optional[float],
     with_entropy: bool,
     with_logit_sum: bool,
+    with_max_logit: bool,
     deterministic: bool,
     filter_eps: Optional[float],
     impl: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_target_range(targets, weight.shape[0], ignore_index)
     out_dtype = _output_dtype(hidden.dtype)
     empty = hidden.new_empty(0, dtype=out_dtype)
@@ -82,6 +84,7 @@ def _stats_op(
             zeros.clone() if with_entropy else empty,
             hidden.new_zeros(0, dtype=out_dtype),
             zeros.clone() if with_logit_sum else empty.clone(),
+            zeros.clone() if with_max_logit else empty.clone(),
         )
     kwargs = dict(
         ignore_index=ignore_index,
@@ -89,6 +92,7 @@ def _stats_op(
         softcap=softcap,
         with_entropy=with_entropy,
         with_logit_sum=with_logit_sum,
+        with_max_logit=with_max_logit,
     )
     with _autocast_disabled(hidden.device.type):
         if impl == "triton":
@@ -103,12 +107,13 @@ def _stats_op(
         stats.entropy.view(shape) if with_entropy else empty,
         stats.lse,
         stats.logit_sum.view(shape) if with_logit_sum else empty.clone(),
+        stats.max_logit.view(shape) if with_max_logit else empty.clone(),
     )
 
 
 @_stats_op.register_fake
 def _stats_op_fake(hidden, weight, bias, targets, ignore_index, temperature, softcap,
-                   with_entropy, with_logit_sum, deterministic, filter_eps, impl):
+                   with_entropy, with_logit_sum, with_max_logit, deterministic, filter_eps, impl):
     out_dtype = _output_dtype(hidden.dtype)
     per_row = hidden.new_empty(targets.shape, dtype=out_dtype)
     return (
@@ -116,6 +121,7 @@ def _stats_op_fake(hidden, weight, bias, targets, ignore_index, temperature, sof
         hidden.new_empty(targets.shape if with_entropy else (0,), dtype=out_dtype),
         hidden.new_empty((targets.numel(),), dtype=out_dtype),
         hidden.new_empty(targets.shape if with_logit_sum else (0,), dtype=out_dtype),
+        hidden.new_empty(targets.shape if with_max_logit else (0,), dtype=out_dtype),
     )
 
 
@@ -179,8 +185,9 @@ def _stats_backward_fake(hidden, weight, bias, targets, lse, entropy, grad_logpr
 
 def _setup_context(ctx, inputs, output):
     (hidden, weight, bias, targets, ignore_index, temperature, softcap, _with_entropy,
-     _with_logit_sum, deterministic, filter_eps, impl) = inputs
-    _logprobs, entropy, lse, _logit_sum = output
+     _with_logit_sum, _with_max_logit, deterministic, filter_eps, impl) = inputs
+    _logprobs, entropy, lse, _logit_sum, max_logit = output
+    ctx.mark_non_differentiable(max_logit)
     ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
     ctx.options = dict(
         ignore_index=ignore_index,
@@ -193,6 +200,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, *output_grads):
+    output_grads = output_grads[:4]  # max_logit is not differentiable
     hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
     acc = _output_dtype(hidden.dtype)
     grads = [
@@ -200,7 +208,7 @@ def _backward(ctx, *output_grads):
         for g in output_grads
     ]
     needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-    no_grad_args = (None,) * 9
+    no_grad_args = (None,) * 10
     if targets.numel() == 0:
         # Empty inputs: gradients are empty/zero tensors, not missing.
         return (
@@ -260,14 +268,16 @@ def linear_logprob_stats(
     softcap: float | None = None,
     with_entropy: bool = False,
     with_logit_sum: bool = False,
+    with_max_logit: bool = False,
     deterministic: bool = False,
     filter_eps: float | None = None,
     impl: str = "auto",
 ) -> LinearLogprobStats:
-    """Per-row log-prob, lse and optionally entropy and logit sum; see ``linear_logprobs``.
+    """Per-row log-prob, lse and optionally entropy, logit sum and max logit; see ``linear_logprobs``.
 
     The building block of ``linear_cross_entropy`` (lse for z-loss, logit sum for label
-    smoothing) and of the fused losses (mean logits). ``filter_eps`` (Triton path only)
+    smoothing), of the fused losses (mean logits) and of the Hugging Face / TRL heads
+    (``max_logit``: a target is the top-1 token when its logit equals it). ``filter_eps`` (Triton path only)
     skips backward tiles whose probabilities are all below it (an approximation; off by
     default).
     """
@@ -282,10 +292,10 @@ def linear_logprob_stats(
     if not isinstance(deterministic, bool):
         raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
     resolved = resolve_impl(impl, hidden.device, hidden.dtype)
-    logprobs, entropy, lse, logit_sum = _stats_op(
+    logprobs, entropy, lse, logit_sum, max_logit = _stats_op(
         hidden, weight, bias, targets, int(ignore_index), float(temperature),
         float(softcap) if softcap is not None else None,
-        bool(with_entropy), bool(with_logit_sum), deterministic,
+        bool(with_entropy), bool(with_logit_sum), bool(with_max_logit), deterministic,
         float(filter_eps) if filter_eps is not None else None, resolved,
     )
     return LinearLogprobStats(
@@ -293,6 +303,7 @@ def linear_logprob_stats(
         entropy if with_entropy else None,
         lse.view(targets.shape),
         logit_sum if with_logit_sum else None,
+        max_logit if with_max_logit else None,
     )
 
 

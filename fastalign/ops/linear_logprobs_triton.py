@@ -36,6 +36,7 @@ class TritonStats(NamedTuple):
     entropy: torch.Tensor | None
     lse: torch.Tensor | None
     logit_sum: torch.Tensor | None
+    max_logit: torch.Tensor | None = None
 
 
 def hidden_row_offsets(hidden: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,7 @@ def triton_forward(
     softcap: float | None,
     with_entropy: bool,
     with_logit_sum: bool,
+    with_max_logit: bool = False,
     save_lse: bool = True,
     num_splits: int | None = None,
 ) -> TritonStats:
@@ -147,7 +149,12 @@ def triton_forward(
         SAVE_LSE=save_lse,
         BLOCK=_COMBINE_BLOCK,
     )
-    return TritonStats(logprobs, entropy, lse, logit_sum)
+    max_logit = None
+    if with_max_logit:
+        # Each split already wrote its row maxima; rows of skipped (all-ignored) blocks hold garbage.
+        scored = flat_targets != ignore_index
+        max_logit = torch.where(scored, part_max.amax(dim=0), torch.zeros((), **f32))
+    return TritonStats(logprobs, entropy, lse, logit_sum, max_logit)
 
 
 def triton_backward(
