@@ -18,6 +18,7 @@ from fastalign.integrations import (
     with_fused_head,
 )
 from fastalign.integrations.pairs import split_pairs
+from fastalign.models.checkpointing import enable_activation_checkpointing
 from tests.models.tiny_models import VOCAB, tiny_model
 
 ATOL = 1e-5  # fp32 sums over <= 40 tokens: the op and F.cross_entropy differ by rounding only
@@ -125,7 +126,7 @@ def test_peft_model_and_gradient_checkpointing():
     own = own_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     own.backward()
     fused_model = lora_model()
-    fused_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(fused_model)
     with_fused_head(fused_model)
     fused = fused_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     fused.backward()
