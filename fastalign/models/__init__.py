@@ -6,6 +6,7 @@ from fastalign.models.policy import (
     PolicyModel,
     TokenLogprobs,
     packed_logprobs,
+    reduce_packed,
 )
 from fastalign.models.reference import (
     AdapterReference,
@@ -27,5 +28,6 @@ __all__ = [
     "TokenLogprobs",
     "enable_activation_checkpointing",
     "packed_logprobs",
+    "reduce_packed",
     "reward_model_from_causal_lm",
 ]

@@ -3,8 +3,10 @@ rows, AdamW with warmup + cosine, clipping, metrics, evaluation and atomic check
 
 Subclasses say how to pack their data (``pack``), how to turn a step's rows into a loss
 (``accumulate``: backward per row, normalized by the step's total count) and how to
-evaluate. No home-made distributed engine: the loop runs unchanged under ``torchrun`` with
-DDP / FSDP2 wrapping ``self.policy``.
+evaluate. Under ``torchrun`` (``strategy`` ``ddp`` / ``fsdp2``) the same loop runs on every
+rank with PyTorch's engines wrapping ``self.policy`` (see ``train/distributed.py``): each
+step's rows are split over ranks by tokens, counts and metrics are summed over ranks, and
+checkpoints go through ``torch.distributed.checkpoint``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from tqdm.auto import tqdm
 from fastalign.models import PolicyModel, enable_activation_checkpointing
 from fastalign.models.backbone import PackedModel
 from fastalign.packing import PackedBatch
-from fastalign.train.checkpoint import load_latest_checkpoint, restore_rng, rng_state, save_checkpoint
+from fastalign.train import distributed
+from fastalign.train.checkpoint import (
+    list_checkpoints,
+    load_latest_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from fastalign.train.config import TrainConfig
 
 
@@ -74,14 +83,16 @@ class Trainer:
         config.validate()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a transformers causal LM, got {type(model).__name__}")
+        self._check_distributed_config(config)
+        self.dist, self.device = distributed.setup(config.strategy, config.device)
         self.config = config
         self.tokenizer = tokenizer
-        self.device = resolve_device(config.device)
         self.output_dir = Path(config.output_dir)
         seed_everything(config.seed)
         if config.lora_r > 0:
             model = with_lora(model, config)
         model.to(self.device)
+        distributed.broadcast_weights(model, self.dist)
         if config.gradient_checkpointing:
             enable_activation_checkpointing(model)
         self.policy = self.wrap_model(model)
@@ -89,6 +100,9 @@ class Trainer:
         self.eval_rows = None
         if eval_data is not None:
             self.eval_rows = self.pack_lists(self.token_lists(eval_data, "eval_data"), sort_by_length=True)
+        self.before_distributed_wrap()
+        # What the loop calls: DDP around the policy, or the policy sharded in place (FSDP2).
+        self.train_module = distributed.wrap(self.policy, self.dist, self.device)
         parameters = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=tuple(config.adam_betas),
                                            weight_decay=config.weight_decay)
@@ -96,7 +110,42 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0
         self.history: list[dict[str, Any]] = []
 
+    def _check_distributed_config(self, config: TrainConfig) -> None:
+        """Configurations torchrun cannot run, refused before any work (no process group yet)."""
+        strategy, ranks = distributed.check_strategy(config.strategy)
+        world = ranks["world_size"]
+        if config.rows_per_step % world:
+            raise ValueError(f"rows_per_step={config.rows_per_step} must be a multiple of the world size {world} "
+                             "(each rank takes the same number of packed rows per step)")
+        if strategy == "fsdp2" and config.lora_r > 0:
+            raise ValueError("lora_r > 0 with strategy='fsdp2' is not supported (the merged export needs the full "
+                             "weights on one rank); use strategy='ddp' for LoRA")
+
+    # -- distributed helpers --------------------------------------------------------------
+    def forward(self, row: PackedBatch, **kwargs):
+        """The trained module's forward on one row (through DDP / FSDP2 hooks when distributed)."""
+        return self.train_module(row, **kwargs)
+
+    def backward(self, loss: torch.Tensor, *, last: bool) -> None:
+        """Backward of a loss normalized by the step's global count; gradients are reduced
+        across ranks only for the step's ``last`` row."""
+        scale = self.dist.world_size if self.dist.enabled else 1  # DDP / FSDP2 average over ranks
+        with distributed.gradient_sync(self.train_module, self.dist, last):
+            (loss * scale).backward()
+
+    def global_sum(self, *values: float) -> list[float]:
+        """Sums over ranks (the values themselves in a single process)."""
+        return distributed.global_sum(list(values), self.dist)
+
+    def global_sums(self, totals: dict[str, float]) -> dict[str, float]:
+        keys = sorted(totals)
+        return dict(zip(keys, self.global_sum(*(totals[key] for key in keys))))
+
     # -- subclass hooks -------------------------------------------------------------------
+    def before_distributed_wrap(self) -> None:
+        """Called once the policy and the data exist, before DDP / FSDP2 wrap the policy
+        (DPO builds its reference copy here, from the unwrapped model)."""
+
     def wrap_model(self, model: nn.Module) -> PackedModel:
         """The module trained (and wrapped by DDP / FSDP2 later): the policy by default."""
         return PolicyModel(model, attention=self.config.attention)
@@ -147,16 +196,20 @@ class Trainer:
         return rows
 
     def next_rows(self) -> list[PackedBatch]:
-        """The next ``rows_per_step`` rows of the current epoch (wrapping into the next)."""
+        """This rank's share of the next ``rows_per_step`` rows of the current epoch (wrapping
+        into the next); in a single process, all of them."""
         rows = []
         epoch_rows = self.rows_for_epoch(self.epoch)
         while len(rows) < self.config.rows_per_step:
             if self.position >= len(epoch_rows):
                 self.epoch, self.position = self.epoch + 1, 0
                 epoch_rows = self.rows_for_epoch(self.epoch)
-            rows.append(epoch_rows[self.position].to(self.device, non_blocking=True))
+            rows.append(epoch_rows[self.position])
             self.position += 1
-        return rows
+        if self.dist.enabled:
+            mine = distributed.assign_rows([row.num_tokens for row in rows], self.dist.world_size)[self.dist.rank]
+            rows = [rows[index] for index in mine]
+        return [row.to(self.device, non_blocking=True) for row in rows]
 
     def autocast(self):
         use_bf16 = self.config.dtype == "bfloat16" or (self.config.dtype == "auto" and self.device.type == "cuda")
@@ -166,32 +219,55 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {
-            "model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
-            "position": self.position, "rng": rng_state(), "config": self.config.to_dict(),
-            "history": self.history,
-        }
+        """A single-process checkpoint's content."""
+        return {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                **self.trainer_state()}
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Everything but model, optimizer and RNG (those are sharded per rank when distributed)."""
+        return {"scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
+                "position": self.position, "config": self.config.to_dict(), "history": self.history}
 
     def save_checkpoint(self) -> Path:
+        if self.dist.enabled:
+            from fastalign.train.checkpoint_sharded import save_sharded_checkpoint
+
+            return save_sharded_checkpoint(self.output_dir, self.step, self.policy.model, self.optimizer,
+                                           self.trainer_state(), self.dist, keep_last=self.config.keep_last)
         return save_checkpoint(self.output_dir, self.step, self.state(), keep_last=self.config.keep_last)
 
     def resume(self) -> bool:
         """Load the newest complete checkpoint under ``output_dir``; ``False`` if none."""
-        state = load_latest_checkpoint(self.output_dir)
-        if state is None:
-            return False
-        self.policy.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dist.enabled:
+            checkpoints = list_checkpoints(self.output_dir)
+            if not checkpoints:
+                return False
+            from fastalign.train.checkpoint_sharded import load_sharded_checkpoint
+
+            state = load_sharded_checkpoint(checkpoints[-1], self.policy.model, self.optimizer, self.dist)
+        else:
+            state = load_latest_checkpoint(self.output_dir)
+            if state is None:
+                return False
+            self.policy.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            restore_rng(state["rng"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.history = list(state["history"])
-        restore_rng(state["rng"])
+        # The schedule is a function of this run's config: a resumed run with a larger
+        # max_steps continues on its own curve, not on the stored learning rate of the old one.
+        multiplier = lr_multiplier(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self._rewrite_metrics()
         return True
 
     def _rewrite_metrics(self) -> None:
         """Metrics after the resumed step came from the interrupted run: drop them."""
+        if not self.dist.is_main:
+            return
         path = self.output_dir / "metrics.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".jsonl.tmp")
@@ -200,6 +276,8 @@ class Trainer:
 
     def _log(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)
+        if not self.dist.is_main:
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(entry) + "\n")
@@ -211,7 +289,8 @@ class Trainer:
         if not (resume and self.resume()):
             self._rewrite_metrics()
         self.policy.train()
-        bar = tqdm(total=config.max_steps, initial=self.step, disable=not config.progress, desc=type(self).__name__)
+        bar = tqdm(total=config.max_steps, initial=self.step, disable=not (config.progress and self.dist.is_main),
+                   desc=type(self).__name__)
         while self.step < config.max_steps:
             start = time.perf_counter()
             if self.device.type == "cuda":
@@ -221,13 +300,16 @@ class Trainer:
             metrics = self.accumulate(rows)
             parameters = [p for p in self.policy.parameters() if p.requires_grad]
             norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
+            if hasattr(norm, "full_tensor"):  # FSDP2: a replicated DTensor
+                norm = norm.full_tensor()
             self.optimizer.step()
             lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             self.step += 1
             seconds = time.perf_counter() - start
+            (tokens,) = self.global_sum(sum(row.num_tokens for row in rows))
             entry = {"step": self.step, "lr": lr, "grad_norm": float(norm), **metrics,
-                     "tokens_per_s": sum(row.num_tokens for row in rows) / seconds, "seconds": seconds,
+                     "tokens_per_s": tokens / seconds, "seconds": seconds,
                      **self._peak_memory()}
             if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
                 entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
@@ -251,8 +333,14 @@ class Trainer:
         return {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
 
     def save_model(self, path: str | Path | None = None) -> Path:
-        """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer."""
+        """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer. Distributed:
+        collective; the full weights are gathered and rank 0 writes them."""
         target = Path(path) if path is not None else self.output_dir / "final"
+        if self.dist.strategy == "fsdp2":
+            return self._save_sharded_model(target)
+        if not self.dist.is_main:
+            distributed.barrier(self.dist)
+            return target
         model = self.policy.model
         if hasattr(model, "merge_and_unload"):
             import copy
@@ -262,4 +350,26 @@ class Trainer:
         model.save_pretrained(target)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(target)
+        distributed.barrier(self.dist)
+        return target
+
+    def _save_sharded_model(self, target: Path) -> Path:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Collective: every rank contributes its shards; rank 0 receives full CPU tensors.
+        full = get_model_state_dict(self.policy.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.dist.is_main:
+            config = self.policy.model.config
+            with torch.device("meta"):
+                fresh = type(self.policy.model)(config)
+            fresh.load_state_dict(full, assign=True, strict=False)
+            fresh.tie_weights()
+            missing = [name for name, tensor in fresh.state_dict().items() if tensor.is_meta]
+            if missing:
+                raise RuntimeError(f"consolidated state dict misses {missing[:5]}")
+            target.mkdir(parents=True, exist_ok=True)
+            fresh.save_pretrained(target)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(target)
+        distributed.barrier(self.dist)
         return target

@@ -61,18 +61,31 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], *,
     return final
 
 
+SHARDED_MARKER = "trainer.pt"  # written last by a distributed run (see checkpoint_sharded.py)
+
+
+def is_sharded(path: Path) -> bool:
+    return (path / SHARDED_MARKER).is_file()
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary directories are ignored)."""
+    """Complete checkpoints (single-process or sharded), oldest first; temporary directories
+    are ignored."""
     root = checkpoint_dir(output_dir)
     if not root.is_dir():
         return []
-    found = [path for path in root.iterdir() if _NAME.match(path.name) and (path / "state.pt").is_file()]
+    found = [path for path in root.iterdir()
+             if _NAME.match(path.name) and ((path / "state.pt").is_file() or is_sharded(path))]
     return sorted(found, key=lambda path: int(_NAME.match(path.name).group(1)))
 
 
 def load_latest_checkpoint(output_dir: str | Path) -> dict[str, Any] | None:
-    """The newest complete checkpoint's state, or ``None`` when there is none."""
+    """The newest complete single-process checkpoint's state, or ``None`` when there is none."""
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
         return None
+    if is_sharded(checkpoints[-1]):
+        world = torch.load(checkpoints[-1] / SHARDED_MARKER, map_location="cpu", weights_only=False)["world_size"]
+        raise ValueError(f"{checkpoints[-1]} was written by a distributed run of {world} processes: resume it under "
+                         f"torchrun with --nproc-per-node {world} (same strategy)")
     return torch.load(checkpoints[-1] / "state.pt", map_location="cpu", weights_only=False)

@@ -45,6 +45,8 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     attention: str = "auto"
+    # "auto": DDP under torchrun with several processes, a plain single process otherwise.
+    strategy: str = "auto"
     log_every: int = 1
     eval_every: int = 0  # 0: evaluate only at the end
     save_every: int = 0  # 0: checkpoint only at the end
@@ -69,6 +71,7 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("on_overflow", self.on_overflow, ("error", "drop", "truncate"))
+        _choice("strategy", self.strategy, ("auto", "none", "ddp", "fsdp2"))
         if not self.output_dir:
             raise ValueError("output_dir must be a non-empty path")
 

@@ -15,9 +15,10 @@ from fastalign.models import (
     PrecomputedReference,
     Reference,
     SeparateReference,
-    packed_logprobs,
+    reduce_packed,
 )
 from fastalign.packing import PackedBatch, pack_preference_examples
+from fastalign.train import distributed
 from fastalign.train.base import Trainer
 from fastalign.train.config import DPOConfig
 from fastalign.train.data_glue import preference_token_lists
@@ -42,8 +43,12 @@ class DPOTrainer(Trainer):
                  reference_model: nn.Module | None = None) -> None:
         if not isinstance(config, DPOConfig):
             raise ValueError(f"config must be a DPOConfig, got {type(config).__name__}")
+        self._reference_source = reference_model
         super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
-        self.references = self._build_references(reference_model)
+
+    def before_distributed_wrap(self) -> None:
+        self.references = self._build_references(self._reference_source)
+        self._reference_source = None
 
     def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
         return preference_token_lists(data, self.tokenizer, name)
@@ -74,6 +79,8 @@ class DPOTrainer(Trainer):
             return {"train": shared, "eval": shared}
         source = reference_model if reference_model is not None else self.policy.model
         frozen = SeparateReference(source.to(self.device), attention=self.config.attention)
+        if self.dist.strategy == "fsdp2":  # sharded like the policy: each rank holds 1/world of it
+            distributed.shard(frozen.policy, frozen.policy.model)
         if kind == "separate":
             return {"train": frozen, "eval": frozen}
         # precomputed: one pass of the frozen copy over every example, then the copy is freed.
@@ -104,15 +111,17 @@ class DPOTrainer(Trainer):
                         num_pairs=num_pairs, **lengths)
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
-        num_pairs = sum(row.num_examples for row in rows)
+        # Normalized by the pairs of the whole step on every rank (all-reduced).
+        (num_pairs,) = self.global_sum(sum(row.num_examples for row in rows))
+        num_pairs = int(num_pairs)
         totals: dict[str, float] = {}
         reference = self.references["train"]
-        for row in rows:
+        for index, row in enumerate(rows):
             with self.autocast():
-                out = packed_logprobs(self.policy, row)
+                out = reduce_packed(row, self.forward(row))
                 ref = reference(row) if reference is not None else None
             result = self.objective(out, ref, num_pairs)
-            result.loss.backward()
+            self.backward(result.loss, last=index == len(rows) - 1)
             sums = {
                 "loss": float(result.loss.detach()) * num_pairs,  # undo the step normalization
                 "rewards/chosen": float(result.chosen_rewards.sum()),
@@ -126,7 +135,7 @@ class DPOTrainer(Trainer):
                 sums["nll_loss"] = float(result.nll_loss.detach().sum())
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: value / num_pairs for key, value in totals.items()}
+        metrics = {key: value / num_pairs for key, value in self.global_sums(totals).items()}
         metrics["pairs"] = num_pairs
         return metrics
 

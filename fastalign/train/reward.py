@@ -126,15 +126,16 @@ class RewardTrainer(Trainer):
         return margins.to(row.device)
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
-        num_pairs = sum(row.num_examples for row in rows)
+        (num_pairs,) = self.global_sum(sum(row.num_examples for row in rows))
+        num_pairs = int(num_pairs)
         totals: dict[str, float] = {}
-        for row in rows:
+        for index, row in enumerate(rows):
             with self.autocast():
-                scores = self.policy(row)
+                scores = self.forward(row)
             loss = bradley_terry_loss(scores.chosen, scores.rejected, margin=self.pair_margins(row),
                                       center_rewards_coefficient=self.config.center_rewards_coefficient,
                                       num_pairs=num_pairs)
-            loss.backward()
+            self.backward(loss, last=index == len(rows) - 1)
             chosen, rejected = scores.chosen.detach(), scores.rejected.detach()
             sums = {
                 "loss": float(loss.detach()) * num_pairs,  # undo the step normalization
@@ -145,7 +146,7 @@ class RewardTrainer(Trainer):
             }
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: value / num_pairs for key, value in totals.items()}
+        metrics = {key: value / num_pairs for key, value in self.global_sums(totals).items()}
         metrics["pairs"] = num_pairs
         return metrics
 

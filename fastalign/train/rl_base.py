@@ -12,6 +12,7 @@ from torch import nn
 from fastalign.packing import PackedBatch, pack_completion_examples
 from fastalign.rollout import Rollout, generate
 from fastalign.rollout.rewards import RewardFn
+from fastalign.train import distributed
 from fastalign.train.base import Trainer
 from fastalign.train.config import TrainConfig
 
@@ -51,6 +52,12 @@ class RolloutTrainer(Trainer):
         self.reward_fn = reward_fn
         super().__init__(model, tokenizer, train_data, config, eval_data=None)
         self.eval_prompts = prompts_of(eval_data, "eval_data") if eval_data is not None else None
+
+    def _check_distributed_config(self, config: TrainConfig) -> None:
+        super()._check_distributed_config(config)
+        if distributed.check_strategy(config.strategy)[0] != "none":
+            raise ValueError("PPO / GRPO under torchrun (strategy ddp / fsdp2) are not supported yet: run them in one "
+                             "process (SFT, reward-model and DPO training run distributed)")
 
     @property
     def generator_model(self) -> nn.Module:

@@ -28,14 +28,17 @@ class SFTTrainer(Trainer):
         )
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
-        num_tokens = sum(row.targets.numel() for row in rows)
+        # Token-mean over the whole step: the scored tokens of every rank (all-reduced).
+        (num_tokens,) = self.global_sum(sum(row.targets.numel() for row in rows))
+        num_tokens = int(num_tokens)
         total = 0.0
-        for row in rows:
+        for index, row in enumerate(rows):
             with self.autocast():
-                logprobs = self.policy(row).logprobs
+                logprobs = self.forward(row).logprobs
             loss = -logprobs.sum() / num_tokens
-            loss.backward()
+            self.backward(loss, last=index == len(rows) - 1)
             total += float(loss.detach())
+        (total,) = self.global_sum(total)
         return {"loss": total, "scored_tokens": num_tokens}
 
     @torch.no_grad()

@@ -1,0 +1,63 @@
+"""A DPO run of the tiny preset, launched by torchrun (or plainly) from the distributed tests.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 dpo_run.py OUT STRATEGY STEPS
+        [--resume] [--export] [--stop-after STEP]
+
+Rank 0 writes OUT/history.json (per-step metrics). The configuration is the one the tests
+compare against a single-process run: ``run_config(...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from fastalign.data import make_preference_task
+from fastalign.train import DPOConfig, DPOTrainer
+from fastalign.train.recipes import load_model
+
+
+def run_config(output_dir: str, strategy: str, max_steps: int, **overrides) -> DPOConfig:
+    options = dict(output_dir=output_dir, strategy=strategy, max_steps=max_steps, rows_per_step=4, token_budget=160,
+                   learning_rate=5e-4, warmup_steps=1, beta=0.1, loss_type="sigmoid", reference="separate",
+                   device="cpu", progress=False, seed=0, save_every=2, keep_last=3)
+    options.update(overrides)
+    return DPOConfig(**options)
+
+
+def make_trainer(output_dir: str, strategy: str, max_steps: int, **overrides) -> DPOTrainer:
+    model, tokenizer = load_model("tiny", seed=0)
+    data = make_preference_task(num_train=96, num_test=8, seed=0)["train"]
+    return DPOTrainer(model, tokenizer, data, run_config(output_dir, strategy, max_steps, **overrides))
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    out, strategy, steps = argv[0], argv[1], int(argv[2])
+    trainer = make_trainer(out, strategy, steps)
+    if "--stop-after" in argv:  # an interrupted run: stop right after the checkpoint of that step
+        stop_after, save = int(argv[argv.index("--stop-after") + 1]), trainer.save_checkpoint
+
+        def save_then_stop():
+            path = save()
+            if trainer.step >= stop_after:
+                if trainer.dist.enabled:
+                    torch.distributed.destroy_process_group()
+                raise SystemExit(0)
+            return path
+
+        trainer.save_checkpoint = save_then_stop
+    history = trainer.train(resume="--resume" in argv)
+    if "--export" in argv:
+        trainer.save_model(Path(out) / "final")
+    if trainer.dist.is_main:
+        (Path(out) / "history.json").write_text(json.dumps(history))
+    if trainer.dist.enabled:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
