@@ -47,7 +47,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             raise SystemExit(f"error: override {override!r} must look like key=value")
         values[key.replace("-", "_")] = _parse_value(value)
-    for name in ("output_dir", "max_steps", "seed"):
+    for name in ("output_dir", "max_steps", "seed", "strategy"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values.setdefault("output_dir", f"fastalign-{args.kind}")
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    train.add_argument("--strategy", choices=["auto", "none", "ddp", "fsdp2"], default=None,
+                       help="under torchrun: ddp or fsdp2 (auto: ddp when several processes); see README")
     train.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. beta=0.2 loss_type=ipo)")
 
     evaluate = commands.add_parser("eval", help="preference accuracy and win rate of a trained model")

@@ -68,7 +68,7 @@ def check_strategy(strategy: str, *, environ: dict[str, str] | None = None) -> t
         if strategy in ("ddp", "fsdp2"):
             raise ValueError(
                 f"strategy={strategy!r} needs torchrun: the environment variables {missing} are not set; launch with "
-                "`torchrun --nproc-per-node N -m fastalign.cli train ...` (or set strategy='none' for one process)"
+                "`torchrun --nproc-per-node N -m fastalign train ...` (or set strategy='none' for one process)"
             )
         return "none", {"rank": 0, "world_size": 1, "local_rank": 0}
     if missing:
