@@ -223,6 +223,11 @@ class Trainer:
         return {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
                 **self.trainer_state()}
 
+    def checkpoint_module(self) -> nn.Module:
+        """The module whose parameters the optimizer holds, with parameter names matching its
+        state-dict keys (what ``torch.distributed.checkpoint`` maps optimizer state by)."""
+        return self.policy.model
+
     def trainer_state(self) -> dict[str, Any]:
         """Everything but model, optimizer and RNG (those are sharded per rank when distributed)."""
         return {"scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
@@ -232,7 +237,7 @@ class Trainer:
         if self.dist.enabled:
             from fastalign.train.checkpoint_sharded import save_sharded_checkpoint
 
-            return save_sharded_checkpoint(self.output_dir, self.step, self.policy.model, self.optimizer,
+            return save_sharded_checkpoint(self.output_dir, self.step, self.checkpoint_module(), self.optimizer,
                                            self.trainer_state(), self.dist, keep_last=self.config.keep_last)
         return save_checkpoint(self.output_dir, self.step, self.state(), keep_last=self.config.keep_last)
 
@@ -244,7 +249,7 @@ class Trainer:
                 return False
             from fastalign.train.checkpoint_sharded import load_sharded_checkpoint
 
-            state = load_sharded_checkpoint(checkpoints[-1], self.policy.model, self.optimizer, self.dist)
+            state = load_sharded_checkpoint(checkpoints[-1], self.checkpoint_module(), self.optimizer, self.dist)
         else:
             state = load_latest_checkpoint(self.output_dir)
             if state is None:

@@ -70,7 +70,7 @@ class GRPOTrainer(RolloutTrainer):
     def next_rows(self) -> list[PackedBatch]:
         """Sample a group per prompt, score it, and pack the completions into rows."""
         c = self.config
-        prompts = [p for p in self.next_prompts(c.prompts_per_step) for _ in range(c.num_generations)]
+        prompts = [p for p in self.local_prompts(c.prompts_per_step) for _ in range(c.num_generations)]
         rollout, rewards, rows = self.rollout(prompts)
         self._rollout = {
             "rewards": rewards,
@@ -82,14 +82,15 @@ class GRPOTrainer(RolloutTrainer):
     # -- the loss -------------------------------------------------------------------------
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
         c = self.config
-        num_sequences = sum(row.num_examples for row in rows)
-        num_tokens = sum(row.targets.numel() for row in rows)
+        # Normalized over the whole step: every rank's sequences and tokens (all-reduced).
+        num_sequences, num_tokens = (int(n) for n in self.global_sum(sum(row.num_examples for row in rows),
+                                                                     sum(row.targets.numel() for row in rows)))
         # Dr. GRPO's constant normalizer: the generation budget, the same for every step.
         max_tokens = c.max_new_tokens if c.aggregation == "seq_mean_token_sum_norm" else None
         totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-        for row in rows:
+        for index, row in enumerate(rows):
             with self.autocast():
-                logprobs = self.policy(row, temperature=c.temperature).logprobs
+                logprobs = self.forward(row, temperature=c.temperature).logprobs
                 reference = None
                 if self.reference is not None:
                     with torch.no_grad():
@@ -100,12 +101,13 @@ class GRPOTrainer(RolloutTrainer):
             result = grpo_loss(new, new.detach(), advantages, mask, ref_logprobs=ref, beta=c.beta, clip_eps=c.clip_eps,
                                clip_eps_high=c.clip_eps_high, aggregation=c.aggregation, num_tokens=num_tokens,
                                num_sequences=num_sequences, max_tokens=max_tokens)
-            result.loss.backward()
+            self.backward(result.loss, last=index == len(rows) - 1)
             totals["loss"] += float(result.loss.detach())
             totals["clip_fraction"] += float(result.clip_fraction) * row.targets.numel() / num_tokens
             if ref is not None:
                 kl = (kl_estimate(new.detach(), ref, "k3") * mask).sum()
                 totals["kl"] += float(kl) / num_tokens
-        rewards = self._rollout["rewards"]
-        return {**totals, "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-                "completion_length": float(self._rollout["lengths"].mean()), "sequences": num_sequences}
+        reward_mean, reward_std = self.global_mean_std(self._rollout["rewards"])
+        length_mean, _ = self.global_mean_std(self._rollout["lengths"])
+        return {**self.global_sums(totals), "reward": reward_mean, "reward_std": reward_std,
+                "completion_length": length_mean, "sequences": num_sequences}

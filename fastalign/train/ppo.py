@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastalign.losses.rl import KL_ESTIMATORS, gae, kl_estimate, ppo_policy_loss, value_loss, whiten
+from fastalign.losses.rl import KL_ESTIMATORS, gae, kl_estimate, ppo_policy_loss, value_loss
 from fastalign.losses.sequence import pad_by_sequence
 from fastalign.models import PolicyModel
 from fastalign.models.reward import RewardModel, is_sequence_classifier
@@ -68,6 +68,10 @@ class ActorCritic(nn.Module):
         """The policy's HF model (what is generated from and exported)."""
         return self.actor.model
 
+    def forward(self, row: PackedBatch, *, temperature: float = 1.0, return_entropy: bool = False):
+        """``(TokenLogprobs of the actor, critic values fp32 [M])``: one call, so DDP sees both."""
+        return self.actor(row, temperature=temperature, return_entropy=return_entropy), self.critic.token_scores(row)
+
 
 class PPOTrainer(RolloutTrainer):
     """PPO on the prompts of ``train_data`` rewarded by ``reward_fn``.
@@ -102,6 +106,9 @@ class PPOTrainer(RolloutTrainer):
             critic = RewardModel(critic, attention=self.config.attention)
         return ActorCritic(actor, critic.to(self.device))
 
+    def checkpoint_module(self) -> nn.Module:
+        return nn.ModuleDict({"actor": self.policy.actor.model, "critic": self.policy.critic.model})
+
     # -- rollout: sample, score, values, KL-shaped rewards, GAE ---------------------------
     @torch.no_grad()
     def _prepare(self, rows: list[PackedBatch], rewards: torch.Tensor) -> list[dict]:
@@ -122,10 +129,10 @@ class PPOTrainer(RolloutTrainer):
             advantages, returns = gae(token_rewards, values_p, mask, gamma=c.gamma, lam=c.lam)
             prepared.append(dict(old=old_p, values=values_p, advantages=advantages, returns=returns, mask=mask,
                                  kl=float(kl.sum())))
-        if c.whiten_advantages:  # over the whole rollout batch, not per row
-            masks = [p["mask"] for p in prepared]
-            flat = whiten(torch.cat([p["advantages"][p["mask"]] for p in prepared])[None],
-                          torch.ones(1, sum(int(m.sum()) for m in masks), dtype=torch.bool, device=self.device))[0]
+        if c.whiten_advantages:  # over the whole rollout batch (every rank's), not per row
+            flat = torch.cat([p["advantages"][p["mask"]] for p in prepared])
+            mean, std = self.global_mean_std(flat)
+            flat = ((flat.double() - mean) / (std * std + 1e-8) ** 0.5).to(flat.dtype)
             offset = 0
             for p in prepared:
                 count = int(p["mask"].sum())
@@ -137,13 +144,15 @@ class PPOTrainer(RolloutTrainer):
         """A new rollout every ``ppo_epochs`` steps; the same rows (and targets) in between."""
         c = self.config
         if self._rollout is None or self._rollout["epochs_left"] == 0:
-            rollout, rewards, rows = self.rollout(self.next_prompts(c.prompts_per_step))
+            rollout, rewards, rows = self.rollout(self.local_prompts(c.prompts_per_step))
             prepared = self._prepare(rows, rewards)
-            tokens = sum(row.targets.numel() for row in rows)
-            kl = sum(p["kl"] for p in prepared) / max(tokens, 1)
-            self._update_kl_coef(kl, len(rollout.prompts))
+            kl_sum, tokens, sampled = self.global_sum(sum(p["kl"] for p in prepared),
+                                                      sum(row.targets.numel() for row in rows),
+                                                      sum(len(ids) for ids in rollout.completion_ids))
+            kl = kl_sum / max(tokens, 1)
+            self._update_kl_coef(kl, c.prompts_per_step)
             self._rollout = dict(rows=rows, prepared=prepared, rewards=rewards, kl=kl, epochs_left=c.ppo_epochs,
-                                 lengths=float(sum(len(ids) for ids in rollout.completion_ids)) / len(rollout.prompts))
+                                 lengths=sampled / c.prompts_per_step)
         self._rollout["epochs_left"] -= 1
         return self._rollout["rows"]
 
@@ -157,13 +166,13 @@ class PPOTrainer(RolloutTrainer):
     # -- the loss -------------------------------------------------------------------------
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
         c = self.config
-        num_tokens = sum(row.targets.numel() for row in rows)
+        (num_tokens,) = self.global_sum(sum(row.targets.numel() for row in rows))  # the whole step's tokens
+        num_tokens = int(num_tokens)
         totals = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0,
                   "approx_kl": 0.0}
-        for row, target in zip(rows, self._rollout["prepared"]):
+        for index, (row, target) in enumerate(zip(rows, self._rollout["prepared"])):
             with self.autocast():
-                out = self.policy.actor(row, temperature=c.temperature, return_entropy=c.entropy_coef > 0)
-                values = self.policy.critic.token_scores(row)
+                out, values = self.forward(row, temperature=c.temperature, return_entropy=c.entropy_coef > 0)
             new, mask = pad_by_sequence(out.logprobs.float(), row.label_example, row.num_examples)
             values_p = pad_by_sequence(values.float(), row.label_example, row.num_examples)[0]
             policy = ppo_policy_loss(new, target["old"], target["advantages"], mask, clip_eps=c.clip_eps,
@@ -174,7 +183,7 @@ class PPOTrainer(RolloutTrainer):
             entropy = out.entropy.float().sum() / num_tokens if out.entropy is not None else None
             if entropy is not None:
                 loss = loss - c.entropy_coef * entropy
-            loss.backward()
+            self.backward(loss, last=index == len(rows) - 1)
             share = row.targets.numel() / num_tokens
             totals["loss"] += float(loss.detach())
             totals["policy_loss"] += float(policy.loss.detach())
@@ -182,6 +191,6 @@ class PPOTrainer(RolloutTrainer):
             totals["entropy"] += float(entropy.detach()) if entropy is not None else 0.0
             totals["clip_fraction"] += float(policy.clip_fraction) * share
             totals["approx_kl"] += float(policy.approx_kl) * share
-        rewards = self._rollout["rewards"]
-        return {**totals, "reward": float(rewards.mean()), "kl_to_reference": self._rollout["kl"],
+        reward, _ = self.global_mean_std(self._rollout["rewards"])
+        return {**self.global_sums(totals), "reward": reward, "kl_to_reference": self._rollout["kl"],
                 "kl_coef": self.kl_coef, "completion_length": self._rollout["lengths"]}

@@ -54,10 +54,15 @@ class RolloutTrainer(Trainer):
         self.eval_prompts = prompts_of(eval_data, "eval_data") if eval_data is not None else None
 
     def _check_distributed_config(self, config: TrainConfig) -> None:
-        super()._check_distributed_config(config)
-        if distributed.check_strategy(config.strategy)[0] != "none":
-            raise ValueError("PPO / GRPO under torchrun (strategy ddp / fsdp2) are not supported yet: run them in one "
-                             "process (SFT, reward-model and DPO training run distributed)")
+        """DDP only: each rank samples its own prompts, and FSDP2 would need every rank to run
+        the same number of generation steps and packed rows."""
+        strategy, ranks = distributed.check_strategy(config.strategy)
+        if strategy == "fsdp2":
+            raise ValueError("PPO / GRPO with strategy='fsdp2' are not supported: use strategy='ddp' (ranks sample "
+                             "different numbers of tokens and rows, which FSDP2's collectives cannot follow)")
+        if config.prompts_per_step % ranks["world_size"]:
+            raise ValueError(f"prompts_per_step={config.prompts_per_step} must be a multiple of the world size "
+                             f"{ranks['world_size']} (each rank samples the same number of prompts)")
 
     @property
     def generator_model(self) -> nn.Module:
@@ -78,6 +83,19 @@ class RolloutTrainer(Trainer):
             chosen.append(self.prompts[order[self.position]])
             self.position += 1
         return chosen
+
+    def local_prompts(self, count: int) -> list[str]:
+        """This rank's share of the step's next ``count`` prompts (all of them in one process)."""
+        prompts = self.next_prompts(count)
+        share = count // self.dist.world_size
+        return prompts[self.dist.rank * share : (self.dist.rank + 1) * share]
+
+    def global_mean_std(self, values: torch.Tensor) -> tuple[float, float]:
+        """Mean and (population) standard deviation of ``values`` over every rank."""
+        flat = values.double().reshape(-1)
+        count, total, squares = self.global_sum(flat.numel(), float(flat.sum()), float(flat.square().sum()))
+        mean = total / max(count, 1)
+        return mean, max(squares / max(count, 1) - mean * mean, 0.0) ** 0.5
 
     def rollout(self, prompts: list[str]) -> tuple[Rollout, torch.Tensor, list[PackedBatch]]:
         """Sample one completion per prompt; rewards fp32 ``[len(prompts)]``; packed rows on the

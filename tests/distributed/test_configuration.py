@@ -64,7 +64,7 @@ def test_trainer_refuses_before_any_work(tmp_path, monkeypatch):
     assert not dist.is_initialized()  # no process group was started
 
 
-def test_rl_trainers_refuse_distributed(tmp_path, monkeypatch):
+def test_rl_trainers_refuse_fsdp2_and_uneven_prompts(tmp_path, monkeypatch):
     from fastalign.data import make_preference_task
     from fastalign.train.grpo import GRPOConfig, GRPOTrainer
     from fastalign.train.recipes import load_model
@@ -73,9 +73,15 @@ def test_rl_trainers_refuse_distributed(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     model, tokenizer = load_model("tiny")
     prompts = make_preference_task(num_train=4, num_test=1)["train"]
-    with pytest.raises(ValueError, match="PPO / GRPO under torchrun"):
-        GRPOTrainer(model, tokenizer, prompts, GRPOConfig(output_dir=str(tmp_path), rows_per_step=2, device="cpu"),
-                    reward_fn=lambda prompts, completions: [0.0] * len(prompts))
+    def reward(prompts, completions):
+        return [0.0] * len(prompts)
+
+    with pytest.raises(ValueError, match="strategy='fsdp2' are not supported: use strategy='ddp'"):
+        GRPOTrainer(model, tokenizer, prompts, GRPOConfig(output_dir=str(tmp_path), strategy="fsdp2", device="cpu"),
+                    reward_fn=reward)
+    with pytest.raises(ValueError, match="prompts_per_step=3 must be a multiple of the world size 2"):
+        GRPOTrainer(model, tokenizer, prompts, GRPOConfig(output_dir=str(tmp_path), prompts_per_step=3, device="cpu"),
+                    reward_fn=reward)
 
 
 def test_assign_rows_balances_tokens_with_equal_row_counts():

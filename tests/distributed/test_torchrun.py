@@ -18,14 +18,15 @@ from fastalign.train.distributed import assign_rows
 from tests.distributed.dpo_run import make_trainer
 
 SCRIPT = Path(__file__).with_name("dpo_run.py")
+RL_SCRIPT = Path(__file__).with_name("rl_run.py")
 STEPS = 4
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 
-def torchrun(out: Path, strategy: str, steps: int, *flags: str) -> list[dict]:
+def torchrun(out: Path, strategy: str, steps: int, *flags: str, script: Path = SCRIPT, kind: str | None = None) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[2])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(SCRIPT), str(out), strategy, str(steps), *flags]
+               str(script), *([kind] if kind else []), str(out), strategy, str(steps), *flags]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     history = out / "history.json"
@@ -92,3 +93,25 @@ def test_fsdp2_resume_and_export(tmp_path, single_process):
     assert state.keys() == final.keys()
     for name, tensor in final.items():
         torch.testing.assert_close(state[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["ppo", "grpo"])
+def test_rl_trainers_under_ddp_match_single_process(tmp_path, kind):
+    """Rollouts keep only the most likely token, so both runs sample the same completions."""
+    from tests.distributed.rl_run import make_trainer as make_rl_trainer
+
+    steps = 4 if kind == "ppo" else 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = make_rl_trainer(kind, str(tmp_path / "single"), "none", steps).train()
+    finally:
+        torch.set_num_threads(threads)
+    history = torchrun(tmp_path / "ddp", "ddp", steps, script=RL_SCRIPT, kind=kind)
+    keys = ("loss", "reward", "grad_norm") + (("value_loss", "kl_to_reference") if kind == "ppo" else ("kl",))
+    assert len(history) == steps
+    for entry, expected in zip(history, reference):
+        for key in keys:
+            assert entry[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (entry["step"], key)
+    if kind == "ppo":  # a run that learns something, not a constant
+        assert len({round(entry["loss"], 6) for entry in history}) == steps
