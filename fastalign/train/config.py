@@ -151,6 +151,7 @@ class DPOConfig(TrainConfig):
     rpo_alpha: float | None = None
     simpo_gamma: float = 0.5
     reference: str = "separate"
+    offload_reference: bool = False  # fsdp2: keep the frozen reference's shards in CPU memory
 
     def validate(self) -> None:
         super().validate()

@@ -128,16 +128,22 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def shard(module: nn.Module, hf_model: nn.Module) -> nn.Module:
-    """``fully_shard`` each decoder layer of ``hf_model``, then ``module`` (its root) in place."""
+def shard(module: nn.Module, hf_model: nn.Module, *, offload: bool = False) -> nn.Module:
+    """``fully_shard`` each decoder layer of ``hf_model``, then ``module`` (its root) in place.
+    ``offload``: keep the shards in CPU memory between uses (FSDP2's ``CPUOffloadPolicy``)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     fully_shard = _fsdp2()
     device_type = next(module.parameters()).device.type
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    options: dict = {"mesh": mesh}
+    if offload:
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        options["offload_policy"] = CPUOffloadPolicy()
     for layer in decoder_layers(hf_model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+        fully_shard(layer, **options)
+    fully_shard(module, **options)
     return module
 
 

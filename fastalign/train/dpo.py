@@ -46,6 +46,16 @@ class DPOTrainer(Trainer):
         self._reference_source = reference_model
         super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
 
+    def _check_distributed_config(self, config) -> None:
+        super()._check_distributed_config(config)
+        strategy = distributed.check_strategy(config.strategy)[0]
+        if config.offload_reference and (strategy != "fsdp2" or config.reference not in ("separate", "precomputed")):
+            raise ValueError("offload_reference=True needs strategy='fsdp2' and reference='separate' or 'precomputed' "
+                             f"(got strategy {strategy!r}, reference {config.reference!r})")
+        cuda = torch.cuda.is_available() if config.device == "auto" else config.device.startswith("cuda")
+        if config.offload_reference and not cuda:
+            raise ValueError("offload_reference=True needs CUDA devices (FSDP2 offloads GPU shards to CPU memory)")
+
     def before_distributed_wrap(self) -> None:
         self.references = self._build_references(self._reference_source)
         self._reference_source = None
@@ -80,7 +90,7 @@ class DPOTrainer(Trainer):
         source = reference_model if reference_model is not None else self.policy.model
         frozen = SeparateReference(source.to(self.device), attention=self.config.attention)
         if self.dist.strategy == "fsdp2":  # sharded like the policy: each rank holds 1/world of it
-            distributed.shard(frozen.policy, frozen.policy.model)
+            distributed.shard(frozen.policy, frozen.policy.model, offload=self.config.offload_reference)
         if kind == "separate":
             return {"train": frozen, "eval": frozen}
         # precomputed: one pass of the frozen copy over every example, then the copy is freed.

@@ -58,6 +58,10 @@ def test_trainer_refuses_before_any_work(tmp_path, monkeypatch):
         _trainer(tmp_path, strategy="fsdp2", rows_per_step=2, lora_r=4)
     with pytest.raises(ValueError, match="strategy must be one of"):
         _trainer(tmp_path, strategy="horovod")
+    with pytest.raises(ValueError, match="offload_reference=True needs strategy='fsdp2'"):
+        _trainer(tmp_path, strategy="ddp", rows_per_step=2, offload_reference=True)
+    with pytest.raises(ValueError, match="offload_reference=True needs CUDA"):
+        _trainer(tmp_path, strategy="fsdp2", rows_per_step=2, offload_reference=True)
     assert not (tmp_path / "run").exists()
     import torch.distributed as dist
 
