@@ -70,11 +70,13 @@ def test_ranks_hold_different_numbers_of_pairs(single_process):
     assert uneven >= 1  # so the global normalization is actually exercised
 
 
-def test_ddp_matches_single_process(tmp_path, single_process):
+def test_ddp_matches_single_process_and_resumes(tmp_path, single_process):
     reference, _, _ = single_process
     # Ranks hold different numbers of pairs (test above): had each rank normalized by its own
-    # count, grad_norm would differ from the single-process one.
-    _assert_same_losses(torchrun(tmp_path, "ddp", STEPS), reference)
+    # count, grad_norm would differ from the single-process one. Steps 1-2 come from the run
+    # interrupted after its step-2 checkpoint, steps 3-4 from the resumed one.
+    assert torchrun(tmp_path, "ddp", STEPS, "--stop-after", "2") == []
+    _assert_same_losses(torchrun(tmp_path, "ddp", STEPS, "--resume"), reference)
 
 
 def test_fsdp2_resume_and_export(tmp_path, single_process):
