@@ -220,8 +220,16 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """A single-process checkpoint's content."""
-        return {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                **self.trainer_state()}
+        return {"model": self.checkpoint_module().state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                "local": self.rank_state(), **self.trainer_state()}
+
+    def rank_state(self) -> dict[str, Any]:
+        """What this rank alone holds between steps and a resume must restore (PPO: the current
+        rollout). Tensors are stored on the CPU."""
+        return {}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        """Restore ``rank_state()`` (called after the model and optimizer are loaded)."""
 
     def checkpoint_module(self) -> nn.Module:
         """The module whose parameters the optimizer holds, with parameter names matching its
@@ -238,7 +246,8 @@ class Trainer:
             from fastalign.train.checkpoint_sharded import save_sharded_checkpoint
 
             return save_sharded_checkpoint(self.output_dir, self.step, self.checkpoint_module(), self.optimizer,
-                                           self.trainer_state(), self.dist, keep_last=self.config.keep_last)
+                                           self.trainer_state(), self.dist, keep_last=self.config.keep_last,
+                                           rank_state=self.rank_state())
         return save_checkpoint(self.output_dir, self.step, self.state(), keep_last=self.config.keep_last)
 
     def resume(self) -> bool:
@@ -254,12 +263,13 @@ class Trainer:
             state = load_latest_checkpoint(self.output_dir)
             if state is None:
                 return False
-            self.policy.load_state_dict(state["model"])
+            self.checkpoint_module().load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             restore_rng(state["rng"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.history = list(state["history"])
+        self.load_rank_state(state.get("local", {}))
         # The schedule is a function of this run's config: a resumed run with a larger
         # max_steps continues on its own curve, not on the stored learning rate of the old one.
         multiplier = lr_multiplier(self.step, self.config)

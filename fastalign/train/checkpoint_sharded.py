@@ -1,8 +1,8 @@
 """Sharded checkpoints of distributed runs through ``torch.distributed.checkpoint`` (DCP).
 
 Layout of ``checkpoints/step-XXXXXXXX/``: ``dcp/`` (model and optimizer state, each rank writing
-its shards; DDP's replicated tensors are written once), ``rng-rankNNNNN.pt`` (each rank's RNG)
-and ``trainer.pt`` (step, data position, scheduler, history, world size; written last by rank 0).
+its shards; DDP's replicated tensors are written once), ``rank-NNNNN.pt`` (each rank's RNG and
+its own trainer state, e.g. PPO's current rollout) and ``trainer.pt`` (step, data position, scheduler, history, world size; written last by rank 0).
 Like single-process checkpoints they are written into a temporary directory and renamed into
 place when complete, and only the newest ``keep_last`` are kept. Resuming needs the same world
 size and strategy.
@@ -32,13 +32,15 @@ from fastalign.train.checkpoint import (
 from fastalign.train.distributed import DistributedEnv, barrier, broadcast_object
 
 
-def _rng_file(path: Path, rank: int) -> Path:
-    return path / f"rng-rank{rank:05d}.pt"
+def _rank_file(path: Path, rank: int) -> Path:
+    return path / f"rank-{rank:05d}.pt"
 
 
 def save_sharded_checkpoint(output_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                            trainer_state: dict[str, Any], env: DistributedEnv, *, keep_last: int) -> Path:
-    """Collective: every rank calls it with its shard of ``model`` / ``optimizer``."""
+                            trainer_state: dict[str, Any], env: DistributedEnv, *, keep_last: int,
+                            rank_state: dict[str, Any] | None = None) -> Path:
+    """Collective: every rank calls it with its shard of ``model`` / ``optimizer`` and its own
+    ``rank_state``; ``trainer_state`` is rank 0's (the same on every rank)."""
     root = checkpoint_dir(output_dir)
     name = None
     if env.is_main:
@@ -49,7 +51,7 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model: nn.Module,
     try:
         model_state, optimizer_state = get_state_dict(model, optimizer)
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial / "dcp"))
-        torch.save(rng_state(), _rng_file(partial, env.rank))
+        torch.save({"rng": rng_state(), "local": rank_state or {}}, _rank_file(partial, env.rank))
         barrier(env)
         if env.is_main:
             marker = partial / (SHARDED_MARKER + ".tmp")
@@ -71,7 +73,7 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model: nn.Module,
 def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                             env: DistributedEnv) -> dict[str, Any]:
     """Collective: load ``path`` into ``model`` / ``optimizer`` (in place) and this rank's RNG;
-    returns the trainer state."""
+    returns the trainer state with this rank's own state under ``"local"``."""
     if not is_sharded(path):
         raise ValueError(f"{path} is a single-process checkpoint: resume it without torchrun")
     trainer_state = torch.load(path / SHARDED_MARKER, map_location="cpu", weights_only=False)
@@ -84,5 +86,6 @@ def load_sharded_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(path / "dcp"))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    restore_rng(torch.load(_rng_file(path, env.rank), map_location="cpu", weights_only=False))
-    return trainer_state
+    mine = torch.load(_rank_file(path, env.rank), map_location="cpu", weights_only=False)
+    restore_rng(mine["rng"])
+    return {**trainer_state, "local": mine["local"]}

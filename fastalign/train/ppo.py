@@ -109,6 +109,16 @@ class PPOTrainer(RolloutTrainer):
     def checkpoint_module(self) -> nn.Module:
         return nn.ModuleDict({"actor": self.policy.actor.model, "critic": self.policy.critic.model})
 
+    def rank_state(self) -> dict:
+        """The adaptive KL coefficient and the rollout still being trained on (its remaining PPO
+        epochs), so a resumed run continues on the same samples instead of drawing new ones."""
+        return {"kl_coef": self.kl_coef, "rollout": _moved(self._rollout, torch.device("cpu"))}
+
+    def load_rank_state(self, state: dict) -> None:
+        if state:
+            self.kl_coef = state["kl_coef"]
+            self._rollout = _moved(state["rollout"], self.device)
+
     # -- rollout: sample, score, values, KL-shaped rewards, GAE ---------------------------
     @torch.no_grad()
     def _prepare(self, rows: list[PackedBatch], rewards: torch.Tensor) -> list[dict]:
@@ -194,3 +204,15 @@ class PPOTrainer(RolloutTrainer):
         reward, _ = self.global_mean_std(self._rollout["rewards"])
         return {**self.global_sums(totals), "reward": reward, "kl_to_reference": self._rollout["kl"],
                 "kl_coef": self.kl_coef, "completion_length": self._rollout["lengths"]}
+
+
+def _moved(value, device: torch.device):
+    """``value`` (nested dicts / lists of tensors and ``PackedBatch``) with its tensors on ``device``."""
+    if isinstance(value, (torch.Tensor, PackedBatch)):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _moved(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, device) for item in value]
+    return value
+

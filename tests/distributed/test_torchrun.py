@@ -85,7 +85,7 @@ def test_fsdp2_resume_and_export(tmp_path, single_process):
     assert torchrun(tmp_path, "fsdp2", STEPS, "--stop-after", "2") == []
     checkpoint = tmp_path / "checkpoints" / "step-00000002"
     assert (checkpoint / "trainer.pt").is_file() and (checkpoint / "dcp").is_dir()
-    assert sorted(p.name for p in checkpoint.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
+    assert sorted(p.name for p in checkpoint.glob("rank-*.pt")) == ["rank-00000.pt", "rank-00001.pt"]
     history = torchrun(tmp_path, "fsdp2", STEPS, "--resume", "--export")
     _assert_same_losses(history, reference)
     from transformers import AutoModelForCausalLM

@@ -54,6 +54,27 @@ def test_ppo_runs_reuses_rollouts_and_reports_kl(tmp_path):
     assert (saved / "config.json").is_file()
 
 
+def test_ppo_resume_mid_rollout_continues_on_the_same_samples(tmp_path):
+    """Interrupted after the first PPO epoch of a rollout, the resumed run trains its second
+    epoch on the stored rollout (same samples, same KL coefficient) — as if never stopped."""
+
+    def trainer(output_dir, steps):
+        model, tokenizer = load_model("tiny", seed=0)
+        config = PPOConfig(output_dir=str(output_dir), max_steps=steps, learning_rate=1e-3, prompts_per_step=8,
+                           max_new_tokens=6, ppo_epochs=2, kl_coef=0.05, kl_target=0.1, token_budget=512,
+                           lr_schedule="constant", progress=False)
+        return PPOTrainer(model, tokenizer, _task()["train"], config, reward_fn=verifier_reward(verify_score))
+
+    uninterrupted = trainer(tmp_path / "whole", 4).train()
+    trainer(tmp_path / "cut", 3).train()  # step 3 = first epoch of the second rollout; checkpoint at 3
+    resumed = trainer(tmp_path / "cut", 4).train(resume=True)
+    assert [entry["step"] for entry in resumed] == [1, 2, 3, 4]
+    for key in ("reward", "kl_to_reference", "kl_coef", "completion_length"):
+        assert resumed[3][key] == uninterrupted[3][key], key
+    for key in ("loss", "value_loss", "grad_norm"):
+        assert resumed[3][key] == pytest.approx(uninterrupted[3][key], rel=1e-5), key
+
+
 def test_rl_configuration_errors(tmp_path):
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         GRPOConfig(output_dir=str(tmp_path), num_generations=1).validate()
