@@ -158,6 +158,13 @@ class PackingPreset:
         return dataclasses.asdict(self)
 
 
+# Llama-3.2-1B's shape (1.24B parameters, tied embeddings) and HH-like lengths: the GPU presets.
+LLAMA_1B_SHAPE = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=8192, vocab_size=128256, max_position_embeddings=4096,
+                      tie_word_embeddings=True, rope_theta=500000.0)
+HH_LIKE_LENGTHS = LengthDistribution(prompt_mean=448, answer_mean=64, prompt_min=32, prompt_max=1536,
+                                     answer_min=4, answer_max=384)
+
 PRESETS: dict[str, PackingPreset] = {
     # Tiny random Llama in fp32: any machine, about a minute on 2 idle cores.
     "cpu-smoke": PackingPreset(
@@ -171,12 +178,9 @@ PRESETS: dict[str, PackingPreset] = {
     # Llama-3.2-1B-shaped random model in bf16 (1.24B parameters, tied embeddings). Padded
     # micro-batches of 4 pairs hold ~7-15k tokens; packed rows hold <= 8192 tokens.
     "gpu-core": PackingPreset(
-        model=dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                   intermediate_size=8192, vocab_size=128256, max_position_embeddings=4096,
-                   tie_word_embeddings=True, rope_theta=500000.0),
+        model=LLAMA_1B_SHAPE,
         dtype="bfloat16",
-        lengths=LengthDistribution(prompt_mean=448, answer_mean=64, prompt_min=32, prompt_max=1536,
-                                   answer_min=4, answer_max=384),
+        lengths=HH_LIKE_LENGTHS,
         examples=128, micro_batch_pairs=4, token_budget=8192, warmup=1, repeats=3,
         check_atol=1.0, check_rtol=1e-2,
     ),

@@ -27,7 +27,14 @@ import torch
 
 from fastalign.bench.environment import environment
 from fastalign.bench.measure import is_out_of_memory, time_callable
-from fastalign.bench.packing import DTYPES, LengthDistribution, PreferenceData, synthetic_preference_data
+from fastalign.bench.packing import (
+    DTYPES,
+    HH_LIKE_LENGTHS,
+    LLAMA_1B_SHAPE,
+    LengthDistribution,
+    PreferenceData,
+    synthetic_preference_data,
+)
 from fastalign.bench.report import save_figure, write_results
 
 TRAINERS = ("trl", "fastalign")
@@ -57,12 +64,9 @@ PRESETS: dict[str, TRLPreset] = {
     ),
     # Llama-3.2-1B shape (1.24B parameters, tied embeddings), bf16 autocast.
     "gpu-1b": TRLPreset(
-        model=dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                   intermediate_size=8192, vocab_size=128256, max_position_embeddings=4096,
-                   tie_word_embeddings=True, rope_theta=500000.0),
+        model=LLAMA_1B_SHAPE,
         dtype="bfloat16",
-        lengths=LengthDistribution(prompt_mean=448, answer_mean=64, prompt_min=32, prompt_max=1536,
-                                   answer_min=4, answer_max=384),
+        lengths=HH_LIKE_LENGTHS,
         examples=64, pairs_per_batch=4, warmup=1, repeats=3, check_atol=5e-2,
     ),
 }

@@ -53,6 +53,11 @@ def main(argv: list[str]) -> None:
     history = trainer.train(resume="--resume" in argv)
     if "--export" in argv:
         trainer.save_model(Path(out) / "final")
+    finish(trainer, history, out)
+
+
+def finish(trainer, history: list[dict], out: str) -> None:
+    """Rank 0 writes OUT/history.json; every rank leaves the process group."""
     if trainer.dist.is_main:
         (Path(out) / "history.json").write_text(json.dumps(history))
     if trainer.dist.enabled:

@@ -9,9 +9,7 @@ a single-process one. Rank 0 writes OUT/history.json.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -19,6 +17,7 @@ from fastalign.data import make_preference_task
 from fastalign.train.grpo import GRPOConfig, GRPOTrainer
 from fastalign.train.ppo import PPOConfig, PPOTrainer
 from fastalign.train.recipes import load_model
+from tests.distributed.dpo_run import finish
 
 
 def checksum_reward(prompts: list[str], completions: list[str]) -> list[float]:
@@ -43,11 +42,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     kind, out, strategy, steps = argv[0], argv[1], argv[2], int(argv[3])
     trainer = make_trainer(kind, out, strategy, steps)
-    history = trainer.train()
-    if trainer.dist.is_main:
-        (Path(out) / "history.json").write_text(json.dumps(history))
-    if trainer.dist.enabled:
-        torch.distributed.destroy_process_group()
+    finish(trainer, trainer.train(), out)
 
 
 if __name__ == "__main__":
