@@ -11,6 +11,7 @@ work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import re
 import sys
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        print(f"saved {path}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+            print(f"saved {path}")
         return 0
     from fastalign.train.recipes import run_eval
 
