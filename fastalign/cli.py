@@ -11,8 +11,8 @@ work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import re
 import sys
 from pathlib import Path
