@@ -254,8 +254,11 @@ def _shared_prompt_fields(model, state, kwargs, labels) -> dict | None:
     if isinstance(pairs, str):
         return None
     if state.packed is None:
+        # Unpacked calls (generate, padded batches) keep the implementation the user chose: the
+        # fastalign backend hands them to its built-in twin, so pick the twin of the current one.
         implementation = getattr(model.config, "_attn_implementation", None)
-        attention = "eager" if state.attention == "auto" and implementation == "eager" else state.attention
+        twins = {"eager": "eager", "flash_attention_2": "flash"}
+        attention = twins.get(implementation, "auto") if state.attention == "auto" else state.attention
         state.packed = PackedModel(model, attention=attention)
     batch = pack_pairs(pairs, input_ids.device)
     hidden = state.packed.hidden_states(batch)
