@@ -9,7 +9,6 @@ Writes bench/results/<device>/dpo_layer_<preset>.{json,csv,png}.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from fastalign.bench.dpo_layer import PROVIDERS, run_benchmark
 from fastalign.bench.environment import environment
-from fastalign.bench.report import plot_results, write_results
+from fastalign.bench.report import plot_results, results_dir, write_results
 from fastalign.bench.runner import rows_as_dicts
 
 PRESETS = {
@@ -42,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = rows_as_dicts(run_benchmark(args.providers, preset["shapes"], dtype=DTYPES[preset["dtype"]],
                                        device=device, repeats=preset["repeats"]))
     env = environment(device)
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or device.type
+    out_dir = results_dir(args.out, env, device)
     stem = f"dpo_layer_{args.preset}"
-    paths = write_results(rows, env, args.out / slug, stem)
-    plot = plot_results(rows, env, args.out / slug / f"{stem}.png", title="DPO head: policy fwd+bwd + reference fwd")
+    paths = write_results(rows, env, out_dir, stem)
+    plot = plot_results(rows, env, out_dir / f"{stem}.png", title="DPO head: policy fwd+bwd + reference fwd")
     for r in rows:
         timing = f"{r['median_ms']:.2f} ms, {r['peak_mem_mb']:.0f} MiB" if r["status"] == "ok" else r["note"]
         print(f"{r['provider']:>10} tokens={r['n']:<6} {r['status']:>7}  {timing}")

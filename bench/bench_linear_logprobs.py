@@ -9,7 +9,6 @@ Writes bench/results/<device>/linear_logprobs_<preset>.{json,csv,png}.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from fastalign.bench.environment import environment
 from fastalign.bench.linear_logprobs import MODES, rows_as_dicts, run_benchmark
-from fastalign.bench.report import plot_results, write_results
+from fastalign.bench.report import plot_results, results_dir, write_results
 
 PRESETS = {
     "cpu-smoke": dict(
@@ -72,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         dtype=DTYPES[args.dtype or preset["dtype"]], device=device, modes=args.modes, repeats=repeats,
     )
     env = environment(device)
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or device.type
+    out_dir = results_dir(args.out, env, device)
     stem = f"linear_logprobs_{args.preset}"
     records = rows_as_dicts(rows)
-    paths = write_results(records, env, args.out / slug, stem)
-    plot = plot_results(records, env, args.out / slug / f"{stem}.png", title="fused linear log-probs")
+    paths = write_results(records, env, out_dir, stem)
+    plot = plot_results(records, env, out_dir / f"{stem}.png", title="fused linear log-probs")
     for r in records:
         timing = f"{r['median_ms']:.2f} ms, {r['peak_mem_mb']:.0f} MiB" if r["status"] == "ok" else r["note"]
         print(f"{r['provider']:>18} {r['mode']:>16} N={r['n']:<6} V={r['v']:<7} {r['status']:>7}  {timing}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from fastalign.bench.environment import environment
 from fastalign.bench.packing import PRESETS, plot_bars, run_benchmark
-from fastalign.bench.report import write_results
+from fastalign.bench.report import results_dir, write_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run_benchmark(preset, device)
     rows = result.as_dicts()
     env = {**environment(device), "benchmark": {"name": "packing", "preset_name": args.preset, **result.config}}
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or device.type
+    out_dir = results_dir(args.out, env, device)
     stem = f"packing_{args.preset}"
-    paths = write_results(rows, env, args.out / slug, stem)
-    plot = plot_bars(rows, env, args.out / slug / f"{stem}.png",
+    paths = write_results(rows, env, out_dir, stem)
+    plot = plot_bars(rows, env, out_dir / f"{stem}.png",
                      title=f"Policy log-probs fwd+bwd: packed prefix-shared vs padded ({args.preset})")
     check = result.check
     print(f"check on {check.examples} examples: max |diff| {check.max_abs_diff:.3g} "

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fastalign.bench.measure import is_out_of_memory, time_callable
-from fastalign.bench.report import save_figure
+from fastalign.bench.report import headless_pyplot, save_figure
 from fastalign.bench.runner import dtype_name
 from fastalign.models import PolicyModel, packed_logprobs
 from fastalign.packing import PackedBatch, pack_preference_examples
@@ -477,12 +477,8 @@ def plot_bars(rows: list[dict], environment: dict, path: Path, *, title: str) ->
 
     ``None`` without matplotlib or without a successful row.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:

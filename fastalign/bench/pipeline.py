@@ -29,7 +29,6 @@ import contextlib
 import copy
 import dataclasses
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 
 from fastalign.bench.environment import environment
-from fastalign.bench.report import save_figure, write_results
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 
 STAGES = ("sft", "rm", "ppo", "dpo", "grpo")
 PIPELINES = {"SFT→RM→PPO": ("sft", "rm", "ppo"), "SFT→DPO": ("sft", "dpo"), "SFT→GRPO": ("sft", "grpo")}
@@ -501,12 +500,8 @@ def format_table(results: list[PipelineResult]) -> str:
 
 def plot(results: list[PipelineResult], env: dict, path: Path, *, title: str) -> Path | None:
     """Stacked wall time and grouped peak memory per pipeline by stage, plus a quality panel."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     colors = {"sft": "#9e9e9e", "rm": "#8c6bb1", "ppo": "#e6550d", "dpo": "#3182bd", "grpo": "#31a354"}
     names = [r.name for r in results]
@@ -591,10 +586,10 @@ def main(argv: list[str] | None = None) -> int:
            "load_average_1m": {"before": load_before, "after": _load_average()},
            "pipelines": {r.name: {"wall_s": r.wall_s, "peak_memory_mb": r.peak_memory_mb, "tokens": r.tokens}
                          for r in results}}
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or device.type
+    out_dir = results_dir(args.out, env, device)
     stem = f"pipeline_{args.preset}"
-    paths = write_results(rows, env, args.out / slug, stem)
-    figure = plot(results, env, args.out / slug / f"{stem}.png",
+    paths = write_results(rows, env, out_dir, stem)
+    figure = plot(results, env, out_dir / f"{stem}.png",
                   title=f"SFT→RM→PPO vs SFT→DPO vs SFT→GRPO ({args.preset}, {preset.model} model)")
     print(format_table(results))
     print("wrote", paths["json"], paths["csv"], figure or "(no plot: matplotlib missing)")

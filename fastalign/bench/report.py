@@ -6,8 +6,27 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+
+
+def headless_pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def results_dir(out: Path, environment: dict, device) -> Path:
+    """``out/<device slug>``: one folder per machine kind (``x86-64``, ``nvidia-h100-80gb-hbm3``...)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", environment["device"].lower()).strip("-")
+    return Path(out) / (slug or device.type)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -40,12 +59,8 @@ def write_results(rows: list[dict], environment: dict, out_dir: Path, stem: str)
 
 def plot_results(rows: list[dict], environment: dict, path: Path, *, title: str) -> Path | None:
     """Time and peak memory vs N per provider (one panel pair per mode). None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     ok = [r for r in rows if r["status"] == "ok"]
     modes = sorted({r["mode"] for r in ok})

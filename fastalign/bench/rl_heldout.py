@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from fastalign.bench.environment import environment
-from fastalign.bench.report import save_figure, write_results
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 
 
 @dataclass(frozen=True)
@@ -116,12 +115,8 @@ def _run(preset: HeldOutPreset, scratch: Path) -> tuple[list[dict], dict[str, li
 
 
 def plot(curves: dict[str, list[float]], rows: list[dict], env: dict, path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, curve in curves.items():
@@ -156,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, curves = run(preset)
     env = {**environment(torch.device("cpu")),
            "benchmark": {"name": "rl_heldout", "preset_name": args.preset, **dataclasses.asdict(preset)}}
-    slug = re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or "cpu"
+    out_dir = results_dir(args.out, env, torch.device("cpu"))
     stem = f"rl_heldout_{args.preset}"
-    paths = write_results(rows, env, args.out / slug, stem)
-    plot(curves, rows, env, args.out / slug / f"{stem}.png")
+    paths = write_results(rows, env, out_dir, stem)
+    plot(curves, rows, env, out_dir / f"{stem}.png")
     for row in rows:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     print("wrote", paths["json"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from fastalign.bench.packing import (
     PreferenceData,
     synthetic_preference_data,
 )
-from fastalign.bench.report import save_figure, write_results
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 
 TRAINERS = ("trl", "fastalign")
 
@@ -159,12 +158,8 @@ def run_benchmark(preset: TRLPreset, device: torch.device) -> dict:
 
 
 def plot(rows: list[dict], env: dict, path: Path, *, title: str) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = headless_pyplot()
+    if plt is None:
         return None
     ok = [row for row in rows if row["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -197,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 **dataclasses.asdict(preset)},
            "first_batch_loss": result["first_batch_loss"], "loss_difference": result["loss_difference"],
            "check_passed": result["check_passed"]}
-    out_dir = args.out / (re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-") or device.type)
+    out_dir = results_dir(args.out, env, device)
     stem = f"trl_dpo_{args.preset}"
     paths = write_results(result["rows"], env, out_dir, stem)
     plot(result["rows"], env, out_dir / f"{stem}.png", title=f"TRL DPOTrainer vs fastalign subclass ({args.preset})")
