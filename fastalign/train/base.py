@@ -39,12 +39,6 @@ from fastalign.train.checkpoint import (
 from fastalign.train.config import TrainConfig
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -83,7 +77,8 @@ class Trainer:
         config.validate()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a transformers causal LM, got {type(model).__name__}")
-        self._check_distributed_config(config)
+        strategy, ranks = distributed.check_strategy(config.strategy)  # reads the environment only
+        self._check_distributed_config(config, strategy, ranks["world_size"])
         self.dist, self.device = distributed.setup(config.strategy, config.device)
         self.config = config
         self.tokenizer = tokenizer
@@ -110,10 +105,8 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0
         self.history: list[dict[str, Any]] = []
 
-    def _check_distributed_config(self, config: TrainConfig) -> None:
+    def _check_distributed_config(self, config: TrainConfig, strategy: str, world: int) -> None:
         """Configurations torchrun cannot run, refused before any work (no process group yet)."""
-        strategy, ranks = distributed.check_strategy(config.strategy)
-        world = ranks["world_size"]
         if config.rows_per_step % world:
             raise ValueError(f"rows_per_step={config.rows_per_step} must be a multiple of the world size {world} "
                              "(each rank takes the same number of packed rows per step)")
@@ -361,12 +354,15 @@ class Trainer:
             import copy
 
             model = copy.deepcopy(model).merge_and_unload()
+        self._write_pretrained(model, target)
+        distributed.barrier(self.dist)
+        return target
+
+    def _write_pretrained(self, model: nn.Module, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(target)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(target)
-        distributed.barrier(self.dist)
-        return target
 
     def _save_sharded_model(self, target: Path) -> Path:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -382,9 +378,6 @@ class Trainer:
             missing = [name for name, tensor in fresh.state_dict().items() if tensor.is_meta]
             if missing:
                 raise RuntimeError(f"consolidated state dict misses {missing[:5]}")
-            target.mkdir(parents=True, exist_ok=True)
-            fresh.save_pretrained(target)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(target)
+            self._write_pretrained(fresh, target)
         distributed.barrier(self.dist)
         return target

@@ -93,15 +93,24 @@ def check_strategy(strategy: str, *, environ: dict[str, str] | None = None) -> t
     return strategy, ranks
 
 
+def wants_cuda(device_name: str) -> bool:
+    """Whether the ``device`` option means CUDA (``"auto"``: when a GPU is visible)."""
+    return torch.cuda.is_available() if device_name == "auto" else device_name.startswith("cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The single-process device of the ``device`` option."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def setup(strategy: str, device_name: str) -> tuple[DistributedEnv, torch.device]:
     """Check the configuration, pick this rank's device and start the process group."""
     strategy, ranks = check_strategy(strategy)
     if strategy == "none":
-        from fastalign.train.base import resolve_device
-
         return DistributedEnv(), resolve_device(device_name)
-    cuda = torch.cuda.is_available() if device_name == "auto" else device_name.startswith("cuda")
-    if cuda:
+    if wants_cuda(device_name):
         if not torch.cuda.is_available() or ranks["local_rank"] >= torch.cuda.device_count():
             raise ValueError(f"LOCAL_RANK={ranks['local_rank']} has no CUDA device "
                              f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible)")

@@ -46,14 +46,12 @@ class DPOTrainer(Trainer):
         self._reference_source = reference_model
         super().__init__(model, tokenizer, train_data, config, eval_data=eval_data)
 
-    def _check_distributed_config(self, config) -> None:
-        super()._check_distributed_config(config)
-        strategy = distributed.check_strategy(config.strategy)[0]
+    def _check_distributed_config(self, config, strategy: str, world: int) -> None:
+        super()._check_distributed_config(config, strategy, world)
         if config.offload_reference and (strategy != "fsdp2" or config.reference not in ("separate", "precomputed")):
             raise ValueError("offload_reference=True needs strategy='fsdp2' and reference='separate' or 'precomputed' "
                              f"(got strategy {strategy!r}, reference {config.reference!r})")
-        cuda = torch.cuda.is_available() if config.device == "auto" else config.device.startswith("cuda")
-        if config.offload_reference and not cuda:
+        if config.offload_reference and not distributed.wants_cuda(config.device):
             raise ValueError("offload_reference=True needs CUDA devices (FSDP2 offloads GPU shards to CPU memory)")
 
     def before_distributed_wrap(self) -> None:
