@@ -26,7 +26,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from fastalign.integrations.pairs import pack_pairs, scatter_to_padded, split_pairs
-from fastalign.models.backbone import PackedModel, backbone
+from fastalign.models.backbone import PackedModel, backbone, causal_lm, plain_lm_head, text_config
 from fastalign.ops import linear_logprob_stats
 from fastalign.ops.chunked_torch import torch_log_sum_sq_probs
 
@@ -83,7 +83,7 @@ class _HeadSettings:
 def _causal_lm(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a transformers causal LM (nn.Module), got {type(model).__name__}")
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = causal_lm(model)
     if not hasattr(inner, "get_output_embeddings") or inner.get_output_embeddings() is None:
         raise ValueError(f"model must be a causal LM with an output embedding, got {type(inner).__name__}")
     if not hasattr(inner, "base_model") or inner.base_model is inner:
@@ -198,17 +198,10 @@ def fused_forward_counts(model: nn.Module) -> tuple[int, int]:
     return state.shared_forwards, state.padded_forwards
 
 
-def _head(model: nn.Module) -> nn.Linear:
-    head = model.get_output_embeddings()
-    if type(head) is not nn.Linear:  # an adapter on the head would be read without its adapter
-        raise ValueError(f"the LM head must be a plain nn.Linear for the fused head, got {type(head).__name__}")
-    return head
-
-
 def _token_stats(model: nn.Module, state: _HeadSettings, hidden: torch.Tensor, targets: torch.Tensor) -> dict:
     """Per-token fields for ``hidden [..., H]`` and ``targets [...]`` (-100 = not scored)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    head = _head(model)
+    config = text_config(model)
+    head = plain_lm_head(model)
     hidden = hidden.to(head.weight.device)
     targets = targets.to(head.weight.device)
     scale = _logit_scale(config)
@@ -285,7 +278,6 @@ def _fused_forward(model, state, labels, shift_labels, num_items_in_batch, kwarg
         state.shared_forwards += 1
     else:
         state.padded_forwards += 1
-    if fields is None:
         decoder_output = backbone(model)(**kwargs)
         hidden = decoder_output.last_hidden_state if hasattr(decoder_output, "last_hidden_state") else decoder_output[0]
         if shift_labels is None:

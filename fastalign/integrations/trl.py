@@ -56,30 +56,25 @@ class DPOTrainer(_TRLDPOTrainer):
         if not isinstance(attention, str):
             raise ValueError(f"attention must be a backend name, got {attention!r}")
         self._fastalign_options = dict(share_prompts=share_prompts, attention=attention)
-        self._fastalign_heads_ready = False
         super().__init__(*args, **kwargs)
         self._install_fastalign_heads()
 
     def _install_fastalign_heads(self) -> None:
         # TRL puts its own head on the models in __init__ (before precomputing reference
         # log-probs, which already goes through here); ours replaces it, keeping its contract.
-        if self._fastalign_heads_ready:
+        if has_fused_head(self.model):
             return
         outputs = _POLICY_OUTPUTS + (("log_sum_sq_probs",) if self.use_weighting else ())
         with_fused_head(self.model, outputs=outputs, **self._fastalign_options)
         if self.ref_model is not None:
             with_fused_head(self.ref_model, **self._fastalign_options)
-        self._fastalign_heads_ready = True
 
     def compute_ref_log_probs(self, model, inputs):  # noqa: D102 - TRL's, with fastalign's head
-        self._install_fastalign_heads()
-        if not has_fused_head(model):
-            with_fused_head(model, **self._fastalign_options)
+        self._install_fastalign_heads()  # `model` is self.model or self.ref_model (or an engine around them)
         with paired_rows():
             return super().compute_ref_log_probs(model, inputs)
 
     def _compute_loss(self, model, inputs, return_outputs):  # noqa: D102 - TRL's, with fastalign's head
-        self._install_fastalign_heads()
         shared_before, _ = fused_forward_counts(self.model)
         with paired_rows():
             result = super()._compute_loss(model, inputs, return_outputs)

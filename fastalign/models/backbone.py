@@ -36,6 +36,18 @@ def text_config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def plain_lm_head(model: nn.Module) -> nn.Linear:
+    """The LM head of ``model``; a ``ValueError`` unless it is a plain ``nn.Linear`` (the fused
+    op reads ``head.weight`` directly, so an adapter on the head would be silently skipped)."""
+    head = causal_lm(model).get_output_embeddings()
+    if type(head) is not nn.Linear:
+        raise ValueError(
+            f"model's output embedding must be a plain nn.Linear (got {type(head).__name__}); "
+            "adapters on the LM head are not supported"
+        )
+    return head
+
+
 def backbone(model: nn.Module) -> nn.Module:
     """The decoder stack (``LlamaModel`` & co.) of a causal LM or a sequence classifier."""
     return causal_lm(model).base_model

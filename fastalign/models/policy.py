@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fastalign.losses.sequence import sequence_logps
-from fastalign.models.backbone import PackedModel, causal_lm, text_config
+from fastalign.models.backbone import PackedModel, causal_lm, plain_lm_head, text_config
 from fastalign.ops import linear_logprobs
 from fastalign.packing.batch import PackedBatch
 
@@ -50,12 +50,7 @@ class PolicyModel(PackedModel):
 
     def __init__(self, model: nn.Module, *, attention: str = "auto") -> None:
         super().__init__(model, attention=attention)
-        head = causal_lm(model).get_output_embeddings()
-        if type(head) is not nn.Linear:  # an adapter-wrapped head would be read without its adapter
-            raise ValueError(
-                f"model's output embedding must be a plain nn.Linear (got {type(head).__name__}); "
-                "adapters on the LM head are not supported"
-            )
+        plain_lm_head(model)
         if getattr(text_config(model), "logit_scale", None) not in (None, 1.0):
             raise ValueError("models with a logit_scale on the LM head are not supported")
 
