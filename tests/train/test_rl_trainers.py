@@ -37,12 +37,18 @@ def test_grpo_runs_and_reports_kl(tmp_path):
     assert 0.0 <= trainer.evaluate()["reward"] <= 1.0
 
 
-def test_ppo_runs_reuses_rollouts_and_reports_kl(tmp_path):
+def _small_ppo(output_dir, max_steps: int, verifier, **overrides) -> PPOTrainer:
+    """Tiny PPO: 8 prompts per rollout, 2 PPO epochs, adaptive KL."""
     model, tokenizer = load_model("tiny", seed=0)
-    config = PPOConfig(output_dir=str(tmp_path), max_steps=4, learning_rate=1e-3, prompts_per_step=8,
+    config = PPOConfig(output_dir=str(output_dir), max_steps=max_steps, learning_rate=1e-3, prompts_per_step=8,
                        max_new_tokens=6, ppo_epochs=2, kl_coef=0.05, kl_target=0.1, token_budget=512,
-                       progress=False)
-    trainer = PPOTrainer(model, tokenizer, _task()["train"], config, reward_fn=verifier_reward(verify))
+                       progress=False, **overrides)
+    return PPOTrainer(model, tokenizer, _task()["train"], config, reward_fn=verifier_reward(verifier))
+
+
+def test_ppo_runs_reuses_rollouts_and_reports_kl(tmp_path):
+    trainer = _small_ppo(tmp_path, 4, verify)
+    config = trainer.config
     history = trainer.train()
     assert len(history) == 4
     # Steps 1-2 share one rollout, steps 3-4 the next: same reward and KL within a pair.
@@ -59,11 +65,7 @@ def test_ppo_resume_mid_rollout_continues_on_the_same_samples(tmp_path):
     epoch on the stored rollout (same samples, same KL coefficient) — as if never stopped."""
 
     def trainer(output_dir, steps):
-        model, tokenizer = load_model("tiny", seed=0)
-        config = PPOConfig(output_dir=str(output_dir), max_steps=steps, learning_rate=1e-3, prompts_per_step=8,
-                           max_new_tokens=6, ppo_epochs=2, kl_coef=0.05, kl_target=0.1, token_budget=512,
-                           lr_schedule="constant", progress=False)
-        return PPOTrainer(model, tokenizer, _task()["train"], config, reward_fn=verifier_reward(verify_score))
+        return _small_ppo(output_dir, steps, verify_score, lr_schedule="constant")
 
     uninterrupted = trainer(tmp_path / "whole", 4).train()
     trainer(tmp_path / "cut", 3).train()  # step 3 = first epoch of the second rollout; checkpoint at 3
