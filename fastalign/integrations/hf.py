@@ -29,17 +29,39 @@ from fastalign.integrations.pairs import pack_pairs, scatter_to_padded, split_pa
 from fastalign.models.backbone import PackedModel, backbone, causal_lm, plain_lm_head, text_config
 from fastalign.ops import linear_logprob_stats
 from fastalign.ops.chunked_torch import torch_log_sum_sq_probs
+from fastalign.packing import PackedBatch
 
 OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 _STATE = "_fastalign_fused_head"
-_paired_rows: contextvars.ContextVar[bool] = contextvars.ContextVar("fastalign_paired_rows", default=False)
+
+
+@dataclass
+class _PairedScope:
+    """One ``paired_rows()`` block: the last batch it packed, so the policy and the reference
+    forward of a step share one ``PackedBatch`` (the inputs are the very same tensors)."""
+
+    inputs: tuple = ()
+    batch: PackedBatch | None = None  # None: the inputs cannot share prompts
+
+    def packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               labels: torch.Tensor) -> PackedBatch | None:
+        inputs = (input_ids, attention_mask, labels)
+        if len(self.inputs) != 3 or any(a is not b for a, b in zip(inputs, self.inputs)):
+            pairs = split_pairs(input_ids, attention_mask, labels)
+            self.inputs = inputs  # held, so the identities above cannot be reused by new tensors
+            self.batch = None if isinstance(pairs, str) else pack_pairs(pairs, input_ids.device)
+        return self.batch
+
+
+_paired_rows: contextvars.ContextVar[_PairedScope | None] = contextvars.ContextVar("fastalign_paired_rows",
+                                                                                   default=None)
 
 
 @contextlib.contextmanager
 def paired_rows() -> Iterator[None]:
     """Within this block, a fused forward may read its rows as ``[chosen; rejected]`` halves
     and encode each shared prompt once (it checks that the batch really has that shape)."""
-    token = _paired_rows.set(True)
+    token = _paired_rows.set(_PairedScope())
     try:
         yield
     finally:
@@ -237,14 +259,15 @@ def _token_stats(model: nn.Module, state: _HeadSettings, hidden: torch.Tensor, t
 
 def _shared_prompt_fields(model, state, kwargs, labels) -> dict | None:
     """Per-token fields from one prefix-shared packed row, or ``None`` when the batch can't."""
-    if not (state.share_prompts and _paired_rows.get()) or labels is None:
+    scope = _paired_rows.get()
+    if not state.share_prompts or scope is None or labels is None:
         return None
     extra = set(kwargs) - {"input_ids", "attention_mask", "use_cache"}
     input_ids = kwargs.get("input_ids")
     if extra or input_ids is None:
         return None
-    pairs = split_pairs(input_ids, kwargs.get("attention_mask"), labels)
-    if isinstance(pairs, str):
+    batch = scope.packed(input_ids, kwargs.get("attention_mask"), labels)
+    if batch is None:
         return None
     if state.packed is None:
         # Unpacked calls (generate, padded batches) keep the implementation the user chose: the
@@ -253,7 +276,6 @@ def _shared_prompt_fields(model, state, kwargs, labels) -> dict | None:
         twins = {"eager": "eager", "flash_attention_2": "flash"}
         attention = twins.get(implementation, "auto") if state.attention == "auto" else state.attention
         state.packed = PackedModel(model, attention=attention)
-    batch = pack_pairs(pairs, input_ids.device)
     hidden = state.packed.hidden_states(batch)
     rows = hidden.index_select(0, batch.label_index)
     fields = _token_stats(model, state, rows, batch.targets)

@@ -246,3 +246,24 @@ def test_temperature_scales_logits():
     with_fused_head(model, temperature=0.7)
     out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).log_probs
     torch.testing.assert_close(out.double(), expected, atol=ATOL, rtol=1e-5)
+
+
+def test_policy_and_reference_share_one_packed_batch(monkeypatch):
+    """Inside one paired_rows() block, forwards on the same input tensors pack them once
+    (TRL calls the policy and the reference with the same tensors)."""
+    import fastalign.integrations.hf as hf
+
+    calls = []
+    original = hf.pack_pairs
+    monkeypatch.setattr(hf, "pack_pairs", lambda *args: calls.append(1) or original(*args))
+    input_ids, attention_mask, labels, _ = _pair_batch()
+    policy, reference = with_fused_head(tiny_model("llama")), with_fused_head(tiny_model("llama", seed=1))
+    with paired_rows():
+        first = policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        second = reference(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        assert len(calls) == 1 and first.shared_prompts and second.shared_prompts
+        policy(input_ids=input_ids.clone(), attention_mask=attention_mask, labels=labels)  # new tensors: packed again
+        assert len(calls) == 2
+    with paired_rows():  # a new block starts empty
+        policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    assert len(calls) == 3
