@@ -1,11 +1,15 @@
-"""The ``fastalign`` command line (also ``python -m fastalign``). Argument parsing only: the
-work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
+"""The ``fastalign`` command line (also ``python -m fastalign``). Argument parsing and exit
+statuses only: the work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
 
     fastalign demo [--output-dir ./fastalign-demo]
     fastalign train sft|rm|dpo|ppo|grpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
-                    [--output-dir DIR] [--max-steps N] [--seed S] [--resume] [key=value ...]
+                    [--output-dir DIR] [--max-steps N] [--seed S] [--resume | --overwrite] [key=value ...]
     fastalign eval --model PATH [--baseline PATH] [--reference PATH] --data synthetic|PATH
     fastalign bench pipeline [--preset cpu-tiny|gpu-1b] [--out bench/results] [...]
+
+Exit statuses: 0 done; 2 bad input (an option, a file, a used output directory; nothing is
+written); 1 the run failed (training diverged, disk full); 130 / 143 interrupted by SIGINT /
+SIGTERM (after a checkpoint when training). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,41 +17,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import signal
 import sys
-from pathlib import Path
+import threading
 from typing import Any
 
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-def _parse_value(text: str) -> Any:
-    """``key=value`` overrides: YAML scalars/lists (``3``, ``1e-4``, ``true``, ``[a, b]``)."""
-    import yaml
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block)."""
 
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _SCIENTIFIC.match(value):
-        return float(value)  # YAML 1.1 reads ``1e-4`` (no dot) as a string
-    return value
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which checkpoints on it first)."""
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
+    from fastalign.train.config_file import load_config_file, parse_override
+
     values: dict[str, Any] = {}
     if args.config is not None:
-        import yaml
-
-        path = Path(args.config)
-        if not path.is_file():
-            raise SystemExit(f"error: --config {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SystemExit(f"error: --config {path} must hold a mapping of options")
-        values.update(loaded)
+        values.update(load_config_file(args.config))
     for override in args.overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: override {override!r} must look like key=value")
-        values[key.replace("-", "_")] = _parse_value(value)
+        key, value = parse_override(override)
+        values[key] = value
     for name in ("output_dir", "max_steps", "seed", "strategy"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -56,11 +53,11 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastalign", description="Fast, memory-lean preference training.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fastalign", description="Fast, memory-lean preference training.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = commands.add_parser("demo", help="SFT then DPO of a tiny model on the embedded task (CPU, minutes)")
-    demo.add_argument("--output-dir", default="fastalign-demo")
+    demo.add_argument("--output-dir", default="fastalign-demo", help="replaced by each run of the demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--sft-steps", type=int, default=None)
     demo.add_argument("--dpo-steps", type=int, default=None)
@@ -76,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", default=None)
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=None)
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    start.add_argument("--overwrite", action="store_true",
+                       help="delete the checkpoints, metrics and final model of an earlier run in --output-dir first")
     train.add_argument("--strategy", choices=["auto", "none", "ddp", "fsdp2"], default=None,
                        help="under torchrun: ddp or fsdp2 (auto: ddp when several processes); see README")
     train.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. beta=0.2 loss_type=ipo)")
@@ -99,12 +99,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may follow options (`--max-steps 5 beta=0.2`): argparse leaves them unparsed.
-    args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "train" or any("=" not in item or item.startswith("-") for item in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:  # argparse exits on --help and on bad arguments: return its status instead
+        # Overrides may follow options (`--max-steps 5 beta=0.2`): argparse leaves them unparsed.
+        args, extra = parser.parse_known_args(argv)
+        if extra and (args.command != "train" or any("=" not in item or item.startswith("-") for item in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
+    if args.command == "bench":
+        from fastalign.bench.pipeline import main as bench_pipeline
+
+        return bench_pipeline(args.bench_args)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _run(args)
+    except _Terminated:
+        return _fail(128 + signal.SIGTERM, "terminated (SIGTERM)")
+    except KeyboardInterrupt as interrupt:  # TrainingInterrupted says where the checkpoint is
+        return _fail(getattr(interrupt, "exit_code", 128 + signal.SIGINT), str(interrupt) or "interrupted (SIGINT)")
+    except (ValueError, TypeError) as error:
+        return _fail(EXIT_USAGE, f"error: {error}")
+    except (RuntimeError, OSError) as error:
+        from fastalign.train.checkpoint_io import CheckpointWriteError
+        from fastalign.train.nonfinite import NonFiniteError
+
+        if isinstance(error, (NonFiniteError, CheckpointWriteError)):
+            return _fail(EXIT_FAILED, f"error: {error}")
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _fail(code: int, message: str) -> int:
+    """One line on stderr (under torchrun, from rank 0 only); returns the exit status."""
+    if os.environ.get("RANK", "0") == "0":
+        print(" ".join(message.split()), file=sys.stderr, flush=True)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from fastalign.train.demo import DemoSettings, run_demo
 
@@ -115,32 +156,21 @@ def main(argv: list[str] | None = None) -> int:
             settings.dpo_steps = args.dpo_steps
         summary = run_demo(settings)
         print(f"outputs in {args.output_dir}/ (summary.json, training_curves.png, sft/final, dpo/final)")
-        return 0 if summary["table"] else 1
-    if args.command == "bench":
-        from fastalign.bench.pipeline import main as bench_pipeline
-
-        return bench_pipeline(args.bench_args)
+        return 0 if summary["table"] else EXIT_FAILED
     if args.command == "train":
         from fastalign.train.recipes import run_training
 
-        try:
-            path = run_training(args.kind, model=args.model, data=args.data, config=_config(args),
-                                eval_data=args.eval_data, resume=args.resume, reward_model=args.reward_model)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        path = run_training(args.kind, model=args.model, data=args.data, config=_config(args),
+                            eval_data=args.eval_data, resume=args.resume, overwrite=args.overwrite,
+                            reward_model=args.reward_model)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
             print(f"saved {path}")
         return 0
     from fastalign.train.recipes import run_eval
 
-    try:
-        result = run_eval(model=args.model, baseline=args.baseline, data=args.data, reference=args.reference,
-                          beta=args.beta, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          reward_model=args.reward_model)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = run_eval(model=args.model, baseline=args.baseline, data=args.data, reference=args.reference,
+                      beta=args.beta, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                      reward_model=args.reward_model)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -81,15 +81,17 @@ def _run(preset: HeldOutPreset, scratch: Path) -> tuple[list[dict], dict[str, li
     train_prompts = make_preference_task(preset.num_train, 0, seed=preset.seed + 11)["train"]
     test_prompts = list(make_preference_task(0, preset.num_test, seed=preset.seed + 12)["test"]["prompt"])
     reward = verifier_reward(verify_score)
-    common = dict(output_dir=str(scratch / "rl"), max_steps=preset.rl_steps, learning_rate=preset.learning_rate,
+    common = dict(max_steps=preset.rl_steps, learning_rate=preset.learning_rate,
                   max_new_tokens=preset.max_new_tokens, temperature=preset.temperature, lr_schedule="constant",
                   token_budget=4096, seed=preset.seed, progress=False)
     methods = {
         "grpo": lambda policy: GRPOTrainer(policy, tokenizer, train_prompts, GRPOConfig(
-            **common, prompts_per_step=preset.prompts_per_step, num_generations=preset.num_generations, beta=0.02),
+            **common, output_dir=str(scratch / "grpo"), prompts_per_step=preset.prompts_per_step,
+            num_generations=preset.num_generations, beta=0.02),
             reward_fn=reward),
         "ppo": lambda policy: PPOTrainer(policy, tokenizer, train_prompts, PPOConfig(
-            **common, prompts_per_step=preset.prompts_per_step * preset.num_generations // 2,
+            **common, output_dir=str(scratch / "ppo"),
+            prompts_per_step=preset.prompts_per_step * preset.num_generations // 2,
             ppo_epochs=preset.ppo_epochs, kl_coef=0.02), reward_fn=reward),
     }
     rows, curves = [], {}

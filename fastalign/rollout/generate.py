@@ -89,7 +89,10 @@ def _generate_batch(lm, tokenizer, prompts, device, out: Rollout, *, max_new_tok
     options = dict(do_sample=sample, max_new_tokens=max_new_tokens, pad_token_id=pad,
                    eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True, output_scores=sample)
     if sample:
-        options.update(temperature=temperature, top_p=top_p, top_k=0)
+        # A diverged policy gives NaN logits, and sampling from them would raise inside
+        # generate (on one rank only, under DDP); with NaN / inf replaced, the trainer's own
+        # non-finite guard sees the NaN log-probs of the training pass and skips the step.
+        options.update(temperature=temperature, top_p=top_p, top_k=0, remove_invalid_values=True)
     result = lm.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
     new_tokens = result.sequences[:, width:]
     scores = torch.stack(result.scores, 1).float().log_softmax(-1) if sample else None

@@ -1,5 +1,8 @@
 """The loop every trainer shares: packed rows in a seeded order, gradient accumulation over
-rows, AdamW with warmup + cosine, clipping, metrics, evaluation and atomic checkpoints.
+rows, AdamW with warmup + cosine, clipping, metrics, evaluation and atomic checkpoints (written
+by default every ``save_every`` steps / ``save_every_minutes``, at the end and on SIGINT /
+SIGTERM), and the non-finite guard: a step with a NaN / inf loss, gradient norm or model output
+never reaches the optimizer (``on_nonfinite``; see ``train/nonfinite.py``).
 
 Subclasses say how to pack their data (``pack``), how to turn a step's rows into a loss
 (``accumulate``: backward per row, normalized by the step's total count) and how to
@@ -12,11 +15,11 @@ checkpoints go through ``torch.distributed.checkpoint``.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import resource
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,11 @@ from fastalign.models import PolicyModel, enable_activation_checkpointing
 from fastalign.models.backbone import PackedModel
 from fastalign.packing import PackedBatch
 from fastalign.train import distributed
-from fastalign.train.checkpoint import (
-    list_checkpoints,
-    load_latest_checkpoint,
-    restore_rng,
-    rng_state,
-    save_checkpoint,
-)
+from fastalign.train.checkpointing import Checkpointing
 from fastalign.train.config import TrainConfig
+from fastalign.train.export import save_model
+from fastalign.train.lifecycle import StopSignals, TrainingInterrupted, notice
+from fastalign.train.nonfinite import NonFiniteGuard, all_finite, describe
 
 
 def seed_everything(seed: int) -> None:
@@ -68,7 +68,7 @@ def with_lora(model: nn.Module, config: TrainConfig, *, task_type: str = "CAUSAL
     return peft.get_peft_model(model, lora)
 
 
-class Trainer:
+class Trainer(Checkpointing):
     """Base trainer; see ``SFTTrainer`` and ``DPOTrainer``."""
 
     def __init__(self, model: nn.Module, tokenizer, train_data, config: TrainConfig, *, eval_data=None) -> None:
@@ -78,6 +78,7 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a transformers causal LM, got {type(model).__name__}")
         strategy, ranks = distributed.check_strategy(config.strategy)  # reads the environment only
+        config = self.fit_to_world(config, ranks["world_size"], main=ranks["rank"] == 0)
         self._check_distributed_config(config, strategy, ranks["world_size"])
         self.dist, self.device = distributed.setup(config.strategy, config.device)
         self.config = config
@@ -104,12 +105,17 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_multiplier(step, config))
         self.step, self.epoch, self.position = 0, 0, 0
         self.history: list[dict[str, Any]] = []
+        self._nonfinite: str | None = None  # the first non-finite quantity of the current step
+        self._saved_step: int | None = None
+        self._saved_at = time.monotonic()
+
+    def fit_to_world(self, config: TrainConfig, world: int, *, main: bool) -> TrainConfig:
+        """``config`` with ``rows_per_step`` rounded up to a multiple of the number of processes
+        (each rank takes the same number of packed rows per step), said in one log line."""
+        return distributed.round_to_world(config, "rows_per_step", world, "packed rows", main=main)
 
     def _check_distributed_config(self, config: TrainConfig, strategy: str, world: int) -> None:
         """Configurations torchrun cannot run, refused before any work (no process group yet)."""
-        if config.rows_per_step % world:
-            raise ValueError(f"rows_per_step={config.rows_per_step} must be a multiple of the world size {world} "
-                             "(each rank takes the same number of packed rows per step)")
         if strategy == "fsdp2" and config.lora_r > 0:
             raise ValueError("lora_r > 0 with strategy='fsdp2' is not supported (the merged export needs the full "
                              "weights on one rank); use strategy='ddp' for LoRA")
@@ -210,128 +216,118 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    # -- checkpoints ----------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """A single-process checkpoint's content."""
-        return {"model": self.checkpoint_module().state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                "local": self.rank_state(), **self.trainer_state()}
+    # -- non-finite values inside a step --------------------------------------------------
+    def finite(self, quantity: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """``tensor`` itself when it is finite (or ``None``). Otherwise this step is marked
+        non-finite (the guard reports ``quantity``, e.g. "policy log-probs", and the optimizer
+        step is skipped) and NaN / inf become 0: the losses, which refuse non-finite inputs, and
+        the backward still run, so under DDP / FSDP2 every rank joins the same collectives."""
+        if tensor is None or all_finite(tensor):
+            return tensor
+        if self._nonfinite is None:
+            self._nonfinite = quantity
+        return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def rank_state(self) -> dict[str, Any]:
-        """What this rank alone holds between steps and a resume must restore (PPO: the current
-        rollout). Tensors are stored on the CPU."""
-        return {}
-
-    def load_rank_state(self, state: dict[str, Any]) -> None:
-        """Restore ``rank_state()`` (called after the model and optimizer are loaded)."""
-
-    def checkpoint_module(self) -> nn.Module:
-        """The module whose parameters the optimizer holds, with parameter names matching its
-        state-dict keys (what ``torch.distributed.checkpoint`` maps optimizer state by)."""
-        return self.policy.model
-
-    def trainer_state(self) -> dict[str, Any]:
-        """Everything but model, optimizer and RNG (those are sharded per rank when distributed)."""
-        return {"scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
-                "position": self.position, "config": self.config.to_dict(), "history": self.history}
-
-    def save_checkpoint(self) -> Path:
-        if self.dist.enabled:
-            from fastalign.train.checkpoint_sharded import save_sharded_checkpoint
-
-            return save_sharded_checkpoint(self.output_dir, self.step, self.checkpoint_module(), self.optimizer,
-                                           self.trainer_state(), self.dist, keep_last=self.config.keep_last,
-                                           rank_state=self.rank_state())
-        return save_checkpoint(self.output_dir, self.step, self.state(), keep_last=self.config.keep_last)
-
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint under ``output_dir``; ``False`` if none."""
-        if self.dist.enabled:
-            checkpoints = list_checkpoints(self.output_dir)
-            if not checkpoints:
-                return False
-            from fastalign.train.checkpoint_sharded import load_sharded_checkpoint
-
-            state = load_sharded_checkpoint(checkpoints[-1], self.checkpoint_module(), self.optimizer, self.dist)
-        else:
-            state = load_latest_checkpoint(self.output_dir)
-            if state is None:
-                return False
-            self.checkpoint_module().load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            restore_rng(state["rng"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        self.history = list(state["history"])
-        self.load_rank_state(state.get("local", {}))
-        # The schedule is a function of this run's config: a resumed run with a larger
-        # max_steps continues on its own curve, not on the stored learning rate of the old one.
-        multiplier = lr_multiplier(self.step, self.config)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * multiplier
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        self._rewrite_metrics()
-        return True
-
-    def _rewrite_metrics(self) -> None:
-        """Metrics after the resumed step came from the interrupted run: drop them."""
-        if not self.dist.is_main:
-            return
-        path = self.output_dir / "metrics.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(entry) + "\n" for entry in self.history))
-        tmp.replace(path)
-
-    def _log(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
-        if not self.dist.is_main:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+    def lr_multiplier(self, step: int) -> float:
+        return lr_multiplier(step, self.config)
 
     # -- the loop -------------------------------------------------------------------------
-    def train(self, *, resume: bool = False) -> list[dict[str, Any]]:
-        """Run until ``max_steps``; with ``resume=True`` continue from the newest checkpoint."""
+    def train(self, *, resume: bool = False, overwrite: bool = False) -> list[dict[str, Any]]:
+        """Run until ``max_steps``; returns the per-step metrics.
+
+        ``resume=True`` continues from the newest checkpoint in ``output_dir`` (and says from
+        which step; with none, says so). An ``output_dir`` that holds another run is refused
+        (``RunDirectoryError``) unless ``resume`` or ``overwrite=True`` (which deletes the old
+        run's checkpoints, metrics and final model first). Raises ``NonFiniteError`` when the
+        non-finite guard stops the run and ``TrainingInterrupted`` after SIGINT / SIGTERM (once
+        the current step is done and checkpointed).
+        """
         config = self.config
-        if not (resume and self.resume()):
-            self._rewrite_metrics()
+        self.start_run(resume=resume, overwrite=overwrite)
         self.policy.train()
+        guard = NonFiniteGuard(config.on_nonfinite, config.max_nonfinite_skips)
         bar = tqdm(total=config.max_steps, initial=self.step, disable=not (config.progress and self.dist.is_main),
                    desc=type(self).__name__)
-        while self.step < config.max_steps:
-            start = time.perf_counter()
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            rows = self.next_rows()
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics = self.accumulate(rows)
-            parameters = [p for p in self.policy.parameters() if p.requires_grad]
-            norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
-            if hasattr(norm, "full_tensor"):  # FSDP2: a replicated DTensor
-                norm = norm.full_tensor()
-            self.optimizer.step()
-            lr = self.scheduler.get_last_lr()[0]
-            self.scheduler.step()
-            self.step += 1
-            seconds = time.perf_counter() - start
-            (tokens,) = self.global_sum(sum(row.num_tokens for row in rows))
-            entry = {"step": self.step, "lr": lr, "grad_norm": float(norm), **metrics,
-                     "tokens_per_s": tokens / seconds, "seconds": seconds,
-                     **self._peak_memory()}
-            if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
-                entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-                self.policy.train()
-            if self.step % config.log_every == 0 or self.step == config.max_steps:
-                bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
-            self._log(entry)
-            bar.update(1)
-            if config.save_every and self.step % config.save_every == 0:
-                self.save_checkpoint()
-        if self.history and not (config.save_every and self.step % config.save_every == 0):
-            self.save_checkpoint()
-        bar.close()
+        try:
+            with StopSignals() as signals:
+                while self.step < config.max_steps:
+                    signum = self._train_step(guard, signals, bar)
+                    if signum:
+                        raise TrainingInterrupted(signum, self.step, self.save_checkpoint())
+                if self._saved_step != self.step:
+                    self.save_checkpoint()
+                if signals.received is not None:  # arrived during the last step: the run is complete
+                    raise TrainingInterrupted(signals.received, self.step, self.save_checkpoint()
+                                              if self._saved_step != self.step else None)
+        finally:
+            bar.close()
         return self.history
+
+    def _train_step(self, guard: NonFiniteGuard, signals: StopSignals, bar) -> int:
+        """One optimizer step (skipped when non-finite), its log entry and its checkpoint;
+        returns the signal to stop on (0: go on). Every rank takes the same decisions: they
+        come from one all-reduce."""
+        config = self.config
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._nonfinite = None
+        rows = self.next_rows()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.accumulate(rows)
+        parameters = [p for p in self.policy.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
+        if hasattr(norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            norm = norm.full_tensor()
+        norm = float(norm)
+        due = bool(config.save_every_minutes) and time.monotonic() - self._saved_at >= 60 * config.save_every_minutes
+        tokens, bad_ranks, signalled, due = self.global_sum(
+            sum(row.num_tokens for row in rows), float(self._nonfinite is not None),
+            float(signals.received is not None), float(due))
+        quantity = self._nonfinite_quantity(metrics.get("loss", 0.0), norm, bad_ranks)
+        lr = self.scheduler.get_last_lr()[0]
+        if quantity is None:
+            self.optimizer.step()
+            guard.finite_step()
+            self.scheduler.step()
+        else:  # the weights stay as they were; the schedule moves on (the step's data is used)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                self.scheduler.step()
+        self.step += 1
+        seconds = time.perf_counter() - start
+        entry = {"step": self.step, "lr": lr, "grad_norm": norm, **metrics, "tokens_per_s": tokens / seconds,
+                 "seconds": seconds, **self._peak_memory()}
+        if quantity is not None:
+            entry["skipped"] = quantity
+            self._log(entry)
+            notice(guard.skipped_step(self.step, quantity), main=self.dist.is_main)  # raises to stop
+            bar.update(1)
+            return 0
+        if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
+            entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+            self.policy.train()
+        if self.step % config.log_every == 0 or self.step == config.max_steps:
+            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+        self._log(entry)
+        bar.update(1)
+        if signalled:  # another rank may have got it first (torchrun forwards SIGTERM)
+            return signals.received or 15
+        if (config.save_every and self.step % config.save_every == 0) or due:
+            self.save_checkpoint()
+        return 0
+
+    def _nonfinite_quantity(self, loss: float, norm: float, bad_ranks: float) -> str | None:
+        """What made this step non-finite (``None``: nothing)."""
+        if self._nonfinite is not None:
+            return self._nonfinite
+        if not math.isfinite(loss):
+            return f"loss ({describe(loss)})"
+        if not math.isfinite(norm):
+            return f"gradient norm ({describe(norm)})"
+        if bad_ranks:
+            return "values (on another rank)"
+        return None
 
     def _peak_memory(self) -> dict[str, float]:
         """CUDA: the step's peak allocated memory. CPU: only the process-lifetime peak RSS
@@ -341,43 +337,7 @@ class Trainer:
         return {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
 
     def save_model(self, path: str | Path | None = None) -> Path:
-        """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer. Distributed:
-        collective; the full weights are gathered and rank 0 writes them."""
-        target = Path(path) if path is not None else self.output_dir / "final"
-        if self.dist.strategy == "fsdp2":
-            return self._save_sharded_model(target)
-        if not self.dist.is_main:
-            distributed.barrier(self.dist)
-            return target
-        model = self.policy.model
-        if hasattr(model, "merge_and_unload"):
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
-        self._write_pretrained(model, target)
-        distributed.barrier(self.dist)
-        return target
-
-    def _write_pretrained(self, model: nn.Module, target: Path) -> None:
-        target.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(target)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(target)
-
-    def _save_sharded_model(self, target: Path) -> Path:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        # Collective: every rank contributes its shards; rank 0 receives full CPU tensors.
-        full = get_model_state_dict(self.policy.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.dist.is_main:
-            config = self.policy.model.config
-            with torch.device("meta"):
-                fresh = type(self.policy.model)(config)
-            fresh.load_state_dict(full, assign=True, strict=False)
-            fresh.tie_weights()
-            missing = [name for name, tensor in fresh.state_dict().items() if tensor.is_meta]
-            if missing:
-                raise RuntimeError(f"consolidated state dict misses {missing[:5]}")
-            self._write_pretrained(fresh, target)
-        distributed.barrier(self.dist)
-        return target
+        """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer, to ``path``
+        (default ``output_dir/final``). Distributed: collective; rank 0 writes the full weights.
+        Refused (``NonFiniteError``) when a parameter is non-finite."""
+        return save_model(self, Path(path) if path is not None else self.output_dir / "final")

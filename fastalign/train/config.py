@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastalign.losses.preference import LOSS_TYPES
+from fastalign.train.nonfinite import ON_NONFINITE
+from fastalign.train.options import coerce_fields
 
 REFERENCES = ("separate", "adapter", "precomputed", "none")
 REFERENCE_FREE_LOSSES = ("simpo", "cpo", "orpo")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -49,17 +53,29 @@ class TrainConfig:
     strategy: str = "auto"
     log_every: int = 1
     eval_every: int = 0  # 0: evaluate only at the end
-    save_every: int = 0  # 0: checkpoint only at the end
+    # Checkpoints: every `save_every` steps, and whenever `save_every_minutes` have passed since the
+    # last one (0 turns either off); always at the end, and on SIGINT / SIGTERM.
+    save_every: int = 500
+    save_every_minutes: float = 30.0
     keep_last: int = 2
+    # A step with a non-finite loss, gradient norm or model output never updates the weights:
+    # "stop" ends the run at the first one; "skip" goes on, and stops after `max_nonfinite_skips`
+    # consecutive skipped steps.
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
     progress: bool = True
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
-        positive = ("max_steps", "learning_rate", "rows_per_step", "token_budget", "log_every", "keep_last")
+        """Check (and convert, e.g. ``adam_betas`` list → tuple) every field: ``ValueError``
+        naming the first bad one."""
+        for name, value in coerce_fields(type(self), dataclasses.asdict(self)).items():
+            setattr(self, name, value)
+        positive = ("max_steps", "learning_rate", "rows_per_step", "token_budget", "log_every", "keep_last",
+                    "max_nonfinite_skips")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "save_every", "lora_r", "weight_decay"):
+        for name in ("warmup_steps", "eval_every", "save_every", "save_every_minutes", "lora_r", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("max_prompt_length", "max_completion_length", "max_grad_norm"):
@@ -68,11 +84,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be None or > 0, got {value!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {list(self.adam_betas)}")
+        if self.lora_r > 0 and not self.lora_target_modules:
+            raise ValueError("lora_target_modules must name at least one module when lora_r > 0")
+        if not DEVICE.match(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("on_overflow", self.on_overflow, ("error", "drop", "truncate"))
         _choice("strategy", self.strategy, ("auto", "none", "ddp", "fsdp2"))
-        if not self.output_dir:
+        _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        if not self.output_dir.strip():
             raise ValueError("output_dir must be a non-empty path")
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,50 +103,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
-        """Build from a mapping (YAML file, CLI overrides); unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known: {sorted(names)}")
-        defaults = cls()
-        annotations = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        coerced = {name: _coerce(name, value, getattr(defaults, name), annotations[name]) for name, value in values.items()}
-        config = cls(**coerced)
+        """Build from a mapping (YAML file, CLI overrides): each value is checked against its
+        field's type (``ValueError`` naming the option); unknown keys are an error."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{cls.__name__} options must be a mapping, got {type(values).__name__}")
+        config = cls(**coerce_fields(cls, values))
         config.validate()
         return config
-
-
-def _coerce(name: str, value: Any, default: Any, annotation: str) -> Any:
-    """Check a configured value against the type of the field's default. YAML reads ``1e-4``
-    (no dot) as a string, so numeric strings are converted for float fields; anything else of
-    the wrong type is a ``ValueError`` naming the option (not a ``TypeError`` later)."""
-    if default is None or value is None:
-        return value
-    if isinstance(value, list) and "list" in annotation and all(isinstance(v, str) for v in value):
-        return value  # e.g. loss_type: str | list[str]
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return type(default)(value)
-    elif isinstance(default, str):
-        if isinstance(value, str):
-            return value
-    else:
-        return value
-    raise ValueError(f"option {name} must be a {type(default).__name__}, got {value!r}")
 
 
 @dataclass
@@ -159,6 +145,15 @@ class DPOConfig(TrainConfig):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         _choice("reference", self.reference, REFERENCES)
         types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        if not types:
+            raise ValueError("loss_type must name at least one loss")
+        if self.loss_weights is not None and len(self.loss_weights) != len(types):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(types)} loss types")
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {self.label_smoothing}")
+        for name in ("rpo_alpha", "simpo_gamma"):
+            if (getattr(self, name) or 0.0) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in types:
             _choice("loss_type", name, LOSS_TYPES + REFERENCE_FREE_LOSSES)
         free = [name for name in types if name in REFERENCE_FREE_LOSSES]

@@ -1,15 +1,18 @@
 """``fastalign demo``: SFT then DPO of the tiny preset on the embedded verifiable task, on CPU.
 
 Prints a before/after table — held-out preference accuracy (does the model give the correct
-answer a higher log-prob than the near miss?), exact-match accuracy of greedy answers judged
-by the verifier, and the win rate of each model's answers against the SFT model's — and writes
-metrics, a plot of the training curves and the models under ``output_dir``.
+answer a higher log-prob than the near miss? the ``logp_accuracy`` that ``fastalign eval
+--data synthetic --seed SEED`` reports for the same model: same held-out pairs, same function),
+exact-match accuracy of greedy answers judged by the verifier, and the win rate of each model's
+answers against the SFT model's — and writes metrics, a plot of the training curves and the
+models under ``output_dir``. Each run of the demo replaces the outputs of the previous one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -19,22 +22,44 @@ from fastalign.eval import preference_accuracy, win_rate
 from fastalign.models import PolicyModel
 from fastalign.train.config import DPOConfig, SFTConfig
 from fastalign.train.dpo import DPOTrainer
-from fastalign.train.recipes import load_model, snapshot
+from fastalign.train.recipes import SYNTHETIC_SIZES, load_model, snapshot
 from fastalign.train.sft import SFTTrainer
 
 
 @dataclass
 class DemoSettings:
+    """What the demo runs. ``num_train`` / ``num_test`` default to the CLI's synthetic sizes, so
+    ``fastalign eval --data synthetic`` evaluates the same held-out pairs."""
+
     output_dir: str = "fastalign-demo"
     seed: int = 0
-    num_train: int = 5000
-    num_test: int = 200
+    num_train: int = SYNTHETIC_SIZES["num_train"]
+    num_test: int = SYNTHETIC_SIZES["num_test"]
     sft_steps: int = 600
     dpo_steps: int = 150
     dpo_learning_rate: float = 2e-4
     rpo_alpha: float | None = 1.0
     token_budget: int = 1536
     progress: bool = True
+
+    def validate(self) -> None:
+        """``ValueError`` naming the first bad setting (``--sft-steps`` for ``sft_steps``)."""
+        minimum = {"seed": 0, "num_train": 1, "num_test": 1, "sft_steps": 1, "dpo_steps": 1, "token_budget": 1}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                flag = f"--{name.replace('_', '-')}" if name in ("seed", "sft_steps", "dpo_steps") else name
+                raise ValueError(f"{flag} must be an int >= {low}, got {value!r}")
+        rate = self.dpo_learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+            raise ValueError(f"dpo_learning_rate must be a finite number > 0, got {rate!r}")
+        alpha = self.rpo_alpha
+        if alpha is not None and not (isinstance(alpha, (int, float)) and 0 <= alpha < math.inf):
+            raise ValueError(f"rpo_alpha must be None or a finite number >= 0, got {self.rpo_alpha!r}")
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip() or "\x00" in self.output_dir:
+            raise ValueError(f"--output-dir must be a non-empty path, got {self.output_dir!r}")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be a bool, got {self.progress!r}")
 
 
 def _row(name: str, accuracy: dict, judged: dict) -> dict:
@@ -44,6 +69,9 @@ def _row(name: str, accuracy: dict, judged: dict) -> dict:
 
 def run_demo(settings: DemoSettings) -> dict:
     """Run the demo; returns the summary also written to ``output_dir/summary.json``."""
+    if not isinstance(settings, DemoSettings):
+        raise TypeError(f"settings must be a DemoSettings, got {type(settings).__name__}")
+    settings.validate()
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model("tiny", seed=settings.seed)
@@ -56,7 +84,7 @@ def run_demo(settings: DemoSettings) -> dict:
     sft = SFTTrainer(model, tokenizer, sft_data["train"], SFTConfig(
         output_dir=str(out / "sft"), max_steps=settings.sft_steps, learning_rate=3e-3, warmup_steps=20,
         save_every=0, **common), eval_data=sft_data["test"])
-    sft.train()
+    sft.train(overwrite=True)  # the demo replaces its previous outputs
     sft.save_model()
     baseline = snapshot(sft.policy.model)
 
@@ -69,13 +97,18 @@ def run_demo(settings: DemoSettings) -> dict:
     for name, network in (("initial (random)", initial), ("SFT", baseline)):
         accuracy = preference_accuracy(PolicyModel(network), rows)
         table.append(_row(name, accuracy, win_rate(network, baseline, tokenizer, prompts, verify)))
-    dpo.train()
+    dpo.train(overwrite=True)
     dpo.save_model()
     accuracy = dpo.evaluate()
     table.append(_row("SFT + DPO", accuracy, win_rate(dpo.policy.model, baseline, tokenizer, prompts, verify)))
 
     summary = {"table": table, "dpo_reward_accuracy": accuracy.get("reward_accuracy"),
-               "settings": settings.__dict__, "sft_history": sft.history, "dpo_history": dpo.history}
+               "settings": {f.name: getattr(settings, f.name) for f in fields(settings)},
+               "preference_accuracy": "logp_accuracy of fastalign.eval.preference_accuracy on the held-out pairs of "
+                                      f"make_preference_task({settings.num_train}, {settings.num_test}, "
+                                      f"seed={settings.seed}); `fastalign eval --data synthetic --seed "
+                                      f"{settings.seed}` gives the same number",
+               "sft_history": sft.history, "dpo_history": dpo.history}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["plot"] = str(_plot(sft.history, dpo.history, out / "training_curves.png"))
     print(format_table(table))

@@ -16,8 +16,10 @@ global batch, whatever the split.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -99,10 +101,30 @@ def wants_cuda(device_name: str) -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The single-process device of the ``device`` option."""
+    """The single-process device of the ``device`` option; ``ValueError`` when it is absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device={name!r}: no such CUDA device is visible (use device=cpu or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r}: MPS is not available on this machine (use device=cpu or auto)")
+    return device
+
+
+def round_to_world(config, name: str, world: int, what: str, *, main: bool):
+    """``config`` with the per-step count ``name`` rounded up to a multiple of ``world`` (each
+    rank takes the same share), said in one log line; ``config`` itself when it divides."""
+    value = getattr(config, name)
+    if value % world == 0:
+        return config
+    rounded = -(-value // world) * world
+    share = rounded // world
+    if main:
+        print(f"fastalign: {name}={value} rounded up to {rounded}, a multiple of the {world} processes "
+              f"(each process takes {share} {what if share > 1 else what.rstrip('s')} per step)",
+              file=sys.stderr, flush=True)
+    return dataclasses.replace(config, **{name: rounded})
 
 
 def setup(strategy: str, device_name: str) -> tuple[DistributedEnv, torch.device]:

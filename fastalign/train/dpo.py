@@ -128,6 +128,10 @@ class DPOTrainer(Trainer):
             with self.autocast():
                 out = reduce_packed(row, self.forward(row))
                 ref = reference(row) if reference is not None else None
+            out = out._replace(chosen=self.finite("policy log-probs", out.chosen),
+                               rejected=self.finite("policy log-probs", out.rejected))
+            if ref is not None:
+                ref = tuple(self.finite("reference log-probs", logps) for logps in ref)
             result = self.objective(out, ref, num_pairs)
             self.backward(result.loss, last=index == len(rows) - 1)
             sums = {

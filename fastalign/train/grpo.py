@@ -46,6 +46,10 @@ class GRPOConfig(RolloutConfig):
             raise ValueError("num_generations must be >= 2 to normalize rewards within a group")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
+        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
+            raise ValueError(f"clip_eps_high must be None or > 0, got {self.clip_eps_high}")
         _choice("scale_rewards", self.scale_rewards, ADVANTAGE_SCALING)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
 
@@ -95,6 +99,8 @@ class GRPOTrainer(RolloutTrainer):
                 if self.reference is not None:
                     with torch.no_grad():
                         reference = self.reference(row, temperature=c.temperature).logprobs
+            logprobs = self.finite("policy log-probs", logprobs)
+            reference = self.finite("reference log-probs", reference)
             new, mask = pad_by_sequence(logprobs, row.label_example, row.num_examples)
             ref = pad_by_sequence(reference, row.label_example, row.num_examples)[0] if reference is not None else None
             advantages = self._rollout["advantages"].to(self.device)[row.example_index]

@@ -53,6 +53,13 @@ class PPOConfig(RolloutConfig):
             raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ValueError(f"kl_target must be None or > 0, got {self.kl_target}")
+        if self.value_clip_eps is not None and self.value_clip_eps <= 0:
+            raise ValueError(f"value_clip_eps must be None or > 0, got {self.value_clip_eps}")
+        if self.kl_horizon < 1:
+            raise ValueError(f"kl_horizon must be >= 1, got {self.kl_horizon}")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
 
 
@@ -129,6 +136,8 @@ class PPOTrainer(RolloutTrainer):
                 old = self.policy.actor(row, temperature=c.temperature).logprobs.float()
                 ref = self.reference(row, temperature=c.temperature).logprobs.float()
                 values = self.policy.critic.token_scores(row).float()
+            old, ref = self.finite("rollout log-probs", old), self.finite("reference log-probs", ref)
+            values = self.finite("critic values", values)
             old_p, mask = pad_by_sequence(old, row.label_example, row.num_examples)
             ref_p = pad_by_sequence(ref, row.label_example, row.num_examples)[0]
             values_p = pad_by_sequence(values, row.label_example, row.num_examples)[0]
@@ -161,8 +170,9 @@ class PPOTrainer(RolloutTrainer):
                                                       sum(len(ids) for ids in rollout.completion_ids))
             kl = kl_sum / max(tokens, 1)
             self._update_kl_coef(kl, c.prompts_per_step)
+            # A non-finite rollout taints every PPO epoch trained on it (each step is skipped).
             self._rollout = dict(rows=rows, prepared=prepared, rewards=rewards, kl=kl, epochs_left=c.ppo_epochs,
-                                 lengths=sampled / c.prompts_per_step)
+                                 lengths=sampled / c.prompts_per_step, nonfinite=self._nonfinite)
         self._rollout["epochs_left"] -= 1
         return self._rollout["rows"]
 
@@ -180,17 +190,22 @@ class PPOTrainer(RolloutTrainer):
         num_tokens = int(num_tokens)
         totals = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0,
                   "approx_kl": 0.0}
+        if self._rollout.get("nonfinite") and self._nonfinite is None:
+            self._nonfinite = self._rollout["nonfinite"]
         for index, (row, target) in enumerate(zip(rows, self._rollout["prepared"])):
             with self.autocast():
                 out, values = self.forward(row, temperature=c.temperature, return_entropy=c.entropy_coef > 0)
-            new, mask = pad_by_sequence(out.logprobs.float(), row.label_example, row.num_examples)
-            values_p = pad_by_sequence(values.float(), row.label_example, row.num_examples)[0]
+            new, mask = pad_by_sequence(self.finite("policy log-probs", out.logprobs.float()), row.label_example,
+                                        row.num_examples)
+            values_p = pad_by_sequence(self.finite("critic values", values.float()), row.label_example,
+                                       row.num_examples)[0]
             policy = ppo_policy_loss(new, target["old"], target["advantages"], mask, clip_eps=c.clip_eps,
                                      num_tokens=num_tokens)
             critic = value_loss(values_p, target["values"], target["returns"], mask, clip_eps=c.value_clip_eps,
                                 num_tokens=num_tokens)
             loss = policy.loss + c.vf_coef * critic
-            entropy = out.entropy.float().sum() / num_tokens if out.entropy is not None else None
+            entropy = out.entropy
+            entropy = self.finite("entropy", entropy.float()).sum() / num_tokens if entropy is not None else None
             if entropy is not None:
                 loss = loss - c.entropy_coef * entropy
             self.backward(loss, last=index == len(rows) - 1)

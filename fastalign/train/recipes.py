@@ -30,11 +30,14 @@ from fastalign.rollout.rewards import reward_model_reward, verifier_reward
 from fastalign.train.config import DPOConfig, SFTConfig
 from fastalign.train.dpo import DPOTrainer
 from fastalign.train.grpo import GRPOConfig, GRPOTrainer
+from fastalign.train.lifecycle import check_output_dir
 from fastalign.train.ppo import PPOConfig, PPOTrainer
 from fastalign.train.reward import RewardConfig, RewardTrainer
 from fastalign.train.sft import SFTTrainer
 
-SYNTHETIC_SIZES = {"num_train": 4000, "num_test": 200}
+# The demo uses the same sizes: the synthetic task's held-out near misses depend on num_train,
+# so `fastalign eval --data synthetic` scores the very pairs the demo's table was computed on.
+SYNTHETIC_SIZES = {"num_train": 5000, "num_test": 200}
 
 
 def load_model(name: str, *, seed: int = 0):
@@ -99,13 +102,18 @@ def reward_function(data: str, reward_model: str | None, tokenizer, *, seed: int
 
 
 def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], eval_data: str | None = None,
-                 resume: bool = False, reward_model: str | None = None) -> Path:
+                 resume: bool = False, overwrite: bool = False, reward_model: str | None = None) -> Path:
     """Train ``kind`` (``"sft"``, ``"dpo"``, ``"rm"``, ``"ppo"`` or ``"grpo"``) and save the final
-    model; returns its path. PPO/GRPO use the prompts of preference data."""
+    model; returns its path. PPO/GRPO use the prompts of preference data.
+
+    The options and the output directory are checked before anything is loaded or written: an
+    output directory holding another run needs ``resume`` or ``overwrite``
+    (``RunDirectoryError``)."""
     if kind not in TRAINERS:
         raise ValueError(f"kind must be one of {tuple(TRAINERS)}, got {kind!r}")
     config_class, trainer_class = TRAINERS[kind]
     train_config = config_class.from_dict(config)
+    check_output_dir(train_config.output_dir, resume=resume, overwrite=overwrite)
     load = load_reward_model if kind == "rm" else load_model
     network, tokenizer = load(model, seed=train_config.seed)
     train, held_out = load_data(kind, data, tokenizer, seed=train_config.seed)
@@ -116,7 +124,7 @@ def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], ev
         trainer = trainer_class(network, tokenizer, train, train_config, reward_fn=rewards, eval_data=held_out)
     else:
         trainer = trainer_class(network, tokenizer, train, train_config, eval_data=held_out)
-    trainer.train(resume=resume)
+    trainer.train(resume=resume, overwrite=overwrite)
     if held_out is not None:
         results = trainer.evaluate()  # every rank takes part (FSDP2 gathers weights)
         if trainer.dist.is_main:

@@ -90,7 +90,8 @@ class RewardTrainer(Trainer):
                 model = with_lora(model, config, task_type="SEQ_CLS")
             base_config = dataclasses.replace(config, lora_r=0)
         super().__init__(model, tokenizer, train_data, base_config, eval_data=eval_data)
-        self.config = config
+        # The base class may have rounded rows_per_step to the world size: keep that.
+        self.config = dataclasses.replace(config, rows_per_step=self.config.rows_per_step)
         self._train_margins = torch.tensor(self.train_lists[3], dtype=torch.float32)
 
     @staticmethod
@@ -132,6 +133,8 @@ class RewardTrainer(Trainer):
         for index, row in enumerate(rows):
             with self.autocast():
                 scores = self.forward(row)
+            scores = scores._replace(chosen=self.finite("reward scores", scores.chosen),
+                                     rejected=self.finite("reward scores", scores.rejected))
             loss = bradley_terry_loss(scores.chosen, scores.rejected, margin=self.pair_margins(row),
                                       center_rewards_coefficient=self.config.center_rewards_coefficient,
                                       num_pairs=num_pairs)

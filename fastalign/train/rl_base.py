@@ -12,6 +12,7 @@ from torch import nn
 from fastalign.packing import PackedBatch, pack_completion_examples
 from fastalign.rollout import Rollout, generate
 from fastalign.rollout.rewards import RewardFn
+from fastalign.train import distributed
 from fastalign.train.base import Trainer
 from fastalign.train.config import TrainConfig
 
@@ -52,15 +53,17 @@ class RolloutTrainer(Trainer):
         super().__init__(model, tokenizer, train_data, config, eval_data=None)
         self.eval_prompts = prompts_of(eval_data, "eval_data") if eval_data is not None else None
 
+    def fit_to_world(self, config: TrainConfig, world: int, *, main: bool) -> TrainConfig:
+        """``prompts_per_step`` rounded up to a multiple of the number of processes (each rank
+        samples the same number of prompts), said in one log line."""
+        return distributed.round_to_world(config, "prompts_per_step", world, "prompts", main=main)
+
     def _check_distributed_config(self, config: TrainConfig, strategy: str, world: int) -> None:
         """DDP only: each rank samples its own prompts, and FSDP2 would need every rank to run
         the same number of generation steps and packed rows."""
         if strategy == "fsdp2":
             raise ValueError("PPO / GRPO with strategy='fsdp2' are not supported: use strategy='ddp' (ranks sample "
                              "different numbers of tokens and rows, which FSDP2's collectives cannot follow)")
-        if config.prompts_per_step % world:
-            raise ValueError(f"prompts_per_step={config.prompts_per_step} must be a multiple of the world size "
-                             f"{world} (each rank samples the same number of prompts)")
 
     @property
     def generator_model(self) -> nn.Module:

@@ -34,7 +34,7 @@ class SFTTrainer(Trainer):
         total = 0.0
         for index, row in enumerate(rows):
             with self.autocast():
-                logprobs = self.forward(row).logprobs
+                logprobs = self.finite("policy log-probs", self.forward(row).logprobs)
             loss = -logprobs.sum() / num_tokens
             self.backward(loss, last=index == len(rows) - 1)
             total += float(loss.detach())

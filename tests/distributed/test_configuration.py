@@ -1,5 +1,6 @@
-"""Bad distributed configurations fail with clear messages before any work is done, and the
-row split is token-balanced and deterministic."""
+"""Bad distributed configurations fail with clear messages before any work is done, per-step
+counts that do not divide by the world size are rounded up (one log line), and the row split is
+token-balanced and deterministic."""
 
 from __future__ import annotations
 
@@ -52,8 +53,6 @@ def test_trainer_refuses_before_any_work(tmp_path, monkeypatch):
         _trainer(tmp_path, strategy="fsdp2")
     for name, value in TORCHRUN.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match="rows_per_step=3 must be a multiple of the world size 2"):
-        _trainer(tmp_path, strategy="ddp", rows_per_step=3)
     with pytest.raises(ValueError, match="lora_r > 0 with strategy='fsdp2'"):
         _trainer(tmp_path, strategy="fsdp2", rows_per_step=2, lora_r=4)
     with pytest.raises(ValueError, match="strategy must be one of"):
@@ -83,9 +82,24 @@ def test_rl_trainers_refuse_fsdp2_and_uneven_prompts(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="strategy='fsdp2' are not supported: use strategy='ddp'"):
         GRPOTrainer(model, tokenizer, prompts, GRPOConfig(output_dir=str(tmp_path), strategy="fsdp2", device="cpu"),
                     reward_fn=reward)
-    with pytest.raises(ValueError, match="prompts_per_step=3 must be a multiple of the world size 2"):
-        GRPOTrainer(model, tokenizer, prompts, GRPOConfig(output_dir=str(tmp_path), prompts_per_step=3, device="cpu"),
-                    reward_fn=reward)
+
+
+
+@pytest.mark.parametrize("value, world, expected", [(1, 2, 2), (3, 2, 4), (1, 3, 3), (4, 3, 6), (6, 3, 6), (5, 1, 5)])
+def test_per_step_counts_are_rounded_up_to_the_world_size(value, world, expected, capsys):
+    from fastalign.train import DPOConfig
+    from fastalign.train.grpo import GRPOConfig
+
+    config = DPOConfig(rows_per_step=value)
+    fitted = distributed.round_to_world(config, "rows_per_step", world, "packed rows", main=True)
+    assert fitted.rows_per_step == expected and config.rows_per_step == value, "the caller's config is left alone"
+    err = capsys.readouterr().err
+    if expected == value:
+        assert fitted is config and err == ""
+    else:
+        assert err.count("\n") == 1 and f"rows_per_step={value} rounded up to {expected}" in err
+    rl = distributed.round_to_world(GRPOConfig(prompts_per_step=value), "prompts_per_step", world, "prompts", main=False)
+    assert rl.prompts_per_step == expected and capsys.readouterr().err == "", "only rank 0 speaks"
 
 
 def test_assign_rows_balances_tokens_with_equal_row_counts():

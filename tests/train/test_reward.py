@@ -291,4 +291,4 @@ def test_cli_trains_a_reward_model(tmp_path, capsys):
     assert (again / "final" / "model.safetensors").is_file()
     assert main(["train", "rm", "--model", "tiny", "--data", "synthetic", "--output-dir", str(tmp_path / "x"),
                  "margin=[1]", "progress=false"]) == 2
-    assert "option margin must be a float, got [1]" in capsys.readouterr().err
+    assert "option margin must be a finite number, got [1]" in capsys.readouterr().err
