@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 from datasets import Dataset, DatasetDict, Features, Value
+from datasets.data_files import DataFilesDict, get_data_patterns
+from datasets.exceptions import DatasetGenerationError
 
+from fastalign.data.file_checks import check_data_file, describe_problem
 from fastalign.data.formats import (
     CHAT_FORMATS,
     PREFERENCE_ADAPTERS,
@@ -38,6 +42,9 @@ ON_ERROR = ("raise", "skip")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 STATS_PREFIX = "fastalign.data.LoadStats "
 MAX_RECORDED_SKIPS = 20
+# What datasets raises on a bad file (StopIteration: an empty JSON Lines file; RecursionError:
+# nesting too deep for its Python fallback). Not OSError: a full disk is not bad input.
+LOAD_ERRORS = (DatasetGenerationError, pa.ArrowException, ValueError, StopIteration, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,38 @@ def _looks_like_path(text: str) -> bool:
     return Path(text).suffix in FILE_BUILDERS or text.startswith(("/", ".", "~")) or "\\" in text
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """The data files ``datasets`` reads from a local folder, by its own file patterns: those of
+    every split, since it prepares them all whichever split is asked for."""
+    try:
+        splits = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    except FileNotFoundError:  # no data files: load_dataset says so itself
+        return []
+    return [Path(name) for files in splits.values() for name in files if Path(name).suffix in FILE_BUILDERS]
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return err
+
+
+def _load_local(path: Path, files: Sequence[Path], load: Callable[[], Dataset]) -> Dataset:
+    """Run ``load`` (``datasets.load_dataset`` on ``path``) after checking ``files``; turn its
+    failure into a ``ValueError`` naming the file and line when one can be found."""
+    for file in files:
+        check_data_file(file)  # before: some bad files crash the process inside datasets
+    try:
+        return load()
+    except LOAD_ERRORS as err:
+        for file in files:
+            problem = describe_problem(file)
+            if problem is not None:
+                raise ValueError(f"{file}: {problem}") from None
+        cause = _root_cause(err)
+        raise ValueError(f"{path}: could not be loaded ({type(cause).__name__}: {cause})") from err
+
+
 def resolve_source(source: Any, split: str = "train") -> Dataset:
     """Turn ``source`` (a ``Dataset``, ``DatasetDict``, list of dicts, local file or folder,
     or a Hub name) into one ``Dataset``. Only strings that do not look like a path go to the Hub."""
@@ -97,11 +136,11 @@ def resolve_source(source: Any, split: str = "train") -> Dataset:
         builder = FILE_BUILDERS.get(path.suffix)
         if builder is None:
             raise ValueError(f"source={str(source)!r}: unsupported file type (use {sorted(FILE_BUILDERS)})")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        return _load_local(path, [path], partial(datasets.load_dataset, builder, data_files=str(path), split="train"))
     if path.is_dir():
         if any((path / name).exists() for name in ("state.json", "dataset_dict.json")):
             return resolve_source(datasets.load_from_disk(str(path)), split)  # save_to_disk output
-        return datasets.load_dataset(str(path), split=split)
+        return _load_local(path, _folder_files(path), partial(datasets.load_dataset, str(path), split=split))
     if isinstance(source, os.PathLike) or _looks_like_path(source):
         raise ValueError(f"source={str(source)!r}: no such file or folder")
     try:
