@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -26,8 +27,12 @@ def check_logps(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{name} has {value.shape[0]} entries but {first} has {shape[0]} (batch sizes differ)")
         elif value.device != device:
             raise ValueError(f"{name} is on {value.device} but {first} is on {device}")
-        if not bool(torch.isfinite(value.detach()).all()):
-            raise ValueError(f"{name} holds non-finite values")
+    if present:
+        # One device sync for all of them, not one per tensor.
+        finite = torch.stack([torch.isfinite(value.detach()).all() for value in present.values()])
+        if not bool(finite.all()):
+            bad = next(name for name, ok in zip(present, finite.tolist()) if not ok)
+            raise ValueError(f"{bad} holds non-finite values")
 
 
 def check_lengths(name: str, lengths: torch.Tensor | None, batch: int, needed_for: str | None) -> None:
@@ -38,8 +43,34 @@ def check_lengths(name: str, lengths: torch.Tensor | None, batch: int, needed_fo
     if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1 or lengths.shape[0] != batch:
         shape = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
         raise ValueError(f"{name} must be a 1-d tensor of {batch} token counts, got {shape}")
-    if bool((lengths < 0).any()):
-        raise ValueError(f"{name} must be >= 0")
+    if lengths.dtype == torch.bool or lengths.is_complex():
+        raise ValueError(f"{name} must hold token counts (an integer or float tensor), got {lengths.dtype}")
+    valid = lengths >= 0  # False for NaN too
+    if lengths.is_floating_point():
+        valid = valid & torch.isfinite(lengths)
+    if not bool(valid.all()):
+        index = int((~valid).nonzero()[0])
+        raise ValueError(f"{name} must hold finite token counts >= 0; {name}[{index}] is {lengths[index].item()!r}")
+
+
+def check_number(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite real number (not a bool, a tensor or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_weights(name: str, weights: object, count: int) -> list[float]:
+    """``count`` finite numbers >= 0 (a list or tuple), as floats."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+        raise ValueError(f"{name} must be a list of {count} numbers, got {type(weights).__name__}")
+    if len(weights) != count:
+        raise ValueError(f"{name} has {len(weights)} entries for {count} loss types")
+    checked = [check_number(f"{name}[{i}]", weight) for i, weight in enumerate(weights)]
+    for i, weight in enumerate(checked):
+        if weight < 0:
+            raise ValueError(f"{name}[{i}] must be >= 0, got {weights[i]!r}")
+    return checked
 
 
 def check_positive(name: str, value: float) -> None:
@@ -61,13 +92,23 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 def normalizer(name: str, count: int | float | torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
-    """The denominator of a mean: ``count`` (global, for accumulation / data parallel) or ``default``."""
+    """The denominator of a mean: ``count`` (global, for accumulation / data parallel) or ``default``.
+
+    ``count`` must be finite and > 0, as a number or a one-element tensor. Checking a tensor's
+    value costs one device sync; without it a count of 0 (or below) became a 1e-12 denominator,
+    i.e. a loss of ~1e12, and NaN a NaN loss.
+    """
     if count is None:
         return default
     if isinstance(count, torch.Tensor):
         if count.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(count.shape)}")
-        return count.to(default.dtype).clamp(min=1e-12)
-    if isinstance(count, bool) or not isinstance(count, (int, float)) or not count > 0:
-        raise ValueError(f"{name} must be > 0, got {count!r}")
+        if count.dtype == torch.bool or count.is_complex():
+            raise ValueError(f"{name} must be a real count, got dtype {count.dtype}")
+        value = count.detach().reshape(())
+        if not bool(torch.isfinite(value) & (value > 0)):
+            raise ValueError(f"{name} must be finite and > 0, got {value.item()!r}")
+        return count.to(default.dtype).reshape(())
+    if isinstance(count, bool) or not isinstance(count, numbers.Real) or not math.isfinite(count) or not count > 0:
+        raise ValueError(f"{name} must be finite and > 0, got {count!r}")
     return default.new_tensor(float(count))

@@ -44,9 +44,12 @@ def aggregate(
     if mode == "seq_mean_token_sum":
         return masked.sum() / sequences
     if mode == "seq_mean_token_sum_norm":
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         length = per_token.shape[1] if max_tokens is None else max_tokens
         if length < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+            raise ValueError(f"max_tokens must be >= 1 (per_token has no columns), got {max_tokens!r}")
         return masked.sum() / (sequences * length)
     per_sequence = masked.sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
     return per_sequence.sum() / sequences

@@ -27,7 +27,11 @@ sigmoid_norm    -log σ(β d̄)  (token-normalized d, like ipo)                 
 ``Δ`` may first go through an f-divergence (``f_divergence_type``: ``reverse_kl`` = plain,
 ``forward_kl``: 1 - e^{-Δ}, ``js_divergence``: log 2 + log σ(Δ), ``alpha_divergence``:
 (e^{(α-1)Δ} - 1)/(α-1); f-PO, 2309.16240) — exactly as TRL, which applies it to the ``d`` of
-every loss type except those built on ``Δ`` directly.
+every loss type except those built on ``Δ`` directly. Numerics: ``forward_kl`` is computed as
+``-expm1(-Δ)``, and a ``Δ`` so negative that ``e^{-Δ}`` overflows (below about -88 in float32)
+raises ``ValueError``, since the loss would be infinite; ``alpha_divergence`` keeps TRL's clamp
+of the exponent (80 in float32, 11 in float16). DiscoPOP's ``e^{-βd} m`` is one exponential,
+finite where the two factors are ``inf · 0``.
 
 Where fastalign differs from TRL 1.16, on purpose: ``label_smoothing`` with
 ``loss_type="sigmoid"`` gives conservative DPO (cDPO, Mitchell 2023:
@@ -46,8 +50,10 @@ from fastalign.losses._checks import (
     check_choice,
     check_lengths,
     check_logps,
+    check_number,
     check_positive,
     check_range,
+    check_weights,
     normalizer,
 )
 from fastalign.losses.outputs import PreferenceLossOutput, reward_summary
@@ -60,12 +66,32 @@ F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"
 _NEEDS_LENGTHS = {"ipo": "both", "sigmoid_norm": "both", "sft": "chosen"}
 
 
-def _f_divergence_scores(logratios: torch.Tensor, kind: str, alpha: float) -> torch.Tensor:
+def _forward_kl_scores(logratios: torch.Tensor, name: str) -> torch.Tensor:
+    """``1 - e^{-Δ}``, computed as ``-expm1(-Δ)`` (exact near Δ = 0, where ``1 - exp`` cancels).
+
+    For ``Δ`` below about -88 (float32; -709 in float64) ``e^{-Δ}`` is not representable and the
+    loss would be infinite: that is refused, naming the log-ratio, rather than returned (one
+    device sync, only with ``forward_kl``).
+    """
+    scores = -torch.expm1(-logratios)
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0])
+        raise ValueError(
+            f"f_divergence_type='forward_kl': the {name} log-ratio (policy - reference log-prob) of pair "
+            f"{index} is {logratios[index].item():.6g}, and exp(-log-ratio) overflows {logratios.dtype}: the "
+            "loss would be infinite (the policy is far from the reference; check the inputs, or use "
+            "'reverse_kl' / 'js_divergence', which stay finite)"
+        )
+    return scores
+
+
+def _f_divergence_scores(logratios: torch.Tensor, kind: str, alpha: float, name: str) -> torch.Tensor:
     """f'(e^Δ) of the chosen f-divergence (TRL's ``f_divergence_type``)."""
     if kind == "reverse_kl" or (kind == "alpha_divergence" and abs(alpha - 1.0) < 1e-6):
         return logratios
     if kind == "forward_kl":
-        return 1 - torch.exp(-logratios)
+        return _forward_kl_scores(logratios, name)
     if kind == "js_divergence":
         return math.log(2) + F.logsigmoid(logratios)
     clamp_max = {torch.float16: 11.0}.get(logratios.dtype, 80.0)
@@ -120,8 +146,9 @@ def _per_pair_loss(loss_type: str, p: dict) -> torch.Tensor:
         return torch.sigmoid(beta * chosen_lr) + (1 - torch.sigmoid(beta * (chosen_lr - rejected_lr)))
     if loss_type == "discopop":
         x = beta * delta
-        modulation = torch.sigmoid(x / p["discopop_tau"])
-        return -F.logsigmoid(x) * (1 - modulation) + torch.exp(-x) * modulation
+        tau = p["discopop_tau"]
+        # e^{-x} σ(x/τ) as one exponential: for x << 0 the product is inf · 0 = NaN in two parts.
+        return -F.logsigmoid(x) * torch.sigmoid(-x / tau) + torch.exp(F.logsigmoid(x / tau) - x)
     if loss_type == "sft":
         return p["chosen_nll"].expand(delta.shape[0])
     raise AssertionError(loss_type)  # unreachable: validated before
@@ -134,14 +161,22 @@ def chosen_nll(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor,
     return -policy_chosen_logps.sum() / normalizer("num_tokens", num_tokens, total)
 
 
-def _validate(loss_types, loss_weights, beta, label_smoothing, f_divergence_type, discopop_tau):
+def _loss_types(loss_type: str | Sequence[str]) -> list[str]:
+    if isinstance(loss_type, str):
+        return [loss_type]
+    if not isinstance(loss_type, Sequence):
+        raise ValueError(f"loss_type must be a string or a list of them, got {type(loss_type).__name__}")
+    if not loss_type:
+        raise ValueError("loss_type must name at least one loss")
+    return list(loss_type)
+
+
+def _validate(loss_types, beta, label_smoothing, f_divergence_type, discopop_tau):
     check_positive("beta", beta)
     check_choice("f_divergence_type", f_divergence_type, F_DIVERGENCES)
     check_positive("discopop_tau", discopop_tau)
     for loss_type in loss_types:
         check_choice("loss_type", loss_type, LOSS_TYPES)
-    if loss_weights is not None and len(loss_weights) != len(loss_types):
-        raise ValueError(f"loss_weights has {len(loss_weights)} entries for {len(loss_types)} loss types")
     if "robust" in loss_types:
         check_range("label_smoothing", label_smoothing, 0.0, 0.5)
     elif "exo_pair" in loss_types:
@@ -177,27 +212,29 @@ def dpo_loss(
             reference-free (zeros), as TRL's ``reference_free=True``.
         beta: ``β > 0``.
         loss_type: one of ``LOSS_TYPES``, or several (MPO, 2411.10442) combined with
-            ``loss_weights`` (default 1 each).
+            ``loss_weights``: a list of finite numbers >= 0, one per loss type (default 1 each).
         label_smoothing: ``ε``: robust (in [0, 0.5)), exo_pair (in (0, 1)), aot, and cDPO for sigmoid.
         chosen_lengths, rejected_lengths: ``[B]`` answer token counts; required by ``ipo``,
             ``sigmoid_norm`` (both) and ``sft``/``rpo_alpha`` (chosen).
-        f_divergence_type, f_alpha_divergence_coef: see the module docstring.
+        f_divergence_type, f_alpha_divergence_coef: see the module docstring (α: a finite number).
         discopop_tau: DiscoPOP's τ.
         rpo_alpha: adds ``rpo_alpha * NLL(chosen)`` (RPO, 2404.19733) — the same as adding
             ``"sft"`` to ``loss_type`` with that weight.
         pair_weights: ``[B]`` per-pair weights (WPO, 2406.11827: ``exp`` of the mean aligned
             token log-prob of each answer, multiplied for the pair — detach them yourself).
         num_pairs: divide the summed per-pair loss by this (the global pair count of the
-            optimizer step under accumulation / data parallel) instead of taking the mean.
+            optimizer step under accumulation / data parallel) instead of taking the mean; a
+            finite number > 0 or a one-element tensor holding one.
 
     Returns:
         ``PreferenceLossOutput`` with per-pair ``losses`` (weighted sum over loss types),
         rewards ``β Δ`` (detached), margins, accuracies and ``nll_loss`` when an NLL term is used.
     """
-    loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    if not loss_types:
-        raise ValueError("loss_type must name at least one loss")
-    _validate(loss_types, loss_weights, beta, label_smoothing, f_divergence_type, discopop_tau)
+    loss_types = _loss_types(loss_type)
+    _validate(loss_types, beta, label_smoothing, f_divergence_type, discopop_tau)
+    weights = [1.0] * len(loss_types) if loss_weights is None else check_weights("loss_weights", loss_weights,
+                                                                                len(loss_types))
+    alpha = check_number("f_alpha_divergence_coef", f_alpha_divergence_coef)
     if rpo_alpha is not None:
         check_positive("rpo_alpha", rpo_alpha)
     check_logps(
@@ -224,13 +261,12 @@ def dpo_loss(
     parts = dict(
         beta=beta, label_smoothing=label_smoothing, discopop_tau=discopop_tau,
         chosen_logratios=chosen_logratios, rejected_logratios=rejected_logratios,
-        chosen_scores=_f_divergence_scores(chosen_logratios, f_divergence_type, f_alpha_divergence_coef),
-        rejected_scores=_f_divergence_scores(rejected_logratios, f_divergence_type, f_alpha_divergence_coef),
+        chosen_scores=_f_divergence_scores(chosen_logratios, f_divergence_type, alpha, "chosen"),
+        rejected_scores=_f_divergence_scores(rejected_logratios, f_divergence_type, alpha, "rejected"),
         chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, chosen_nll=nll,
         policy_chosen=policy_chosen_logps, policy_rejected=policy_rejected_logps,
         ref_chosen=ref_chosen, ref_rejected=ref_rejected,
     )
-    weights = loss_weights if loss_weights is not None else [1.0] * len(loss_types)
     losses = zeros
     for name, weight in zip(loss_types, weights):
         per_pair = _per_pair_loss(name, parts)

@@ -115,8 +115,36 @@ def cpo_loss(
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """``log(1 - e^x)`` for ``x < 0``, stable at both ends (Mächler 2012)."""
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """``log(1 - e^x)`` for ``x < 0``, stable at both ends (Mächler 2012).
+
+    ``x`` is first capped at ``-tiny`` (the dtype's smallest normal number): at ``x = 0`` (a
+    probability that rounds to 1) the value would be ``-inf`` and its gradient NaN; capped, it
+    is ``log(tiny)`` (about -87 in float32) and no gradient flows through the cap. (The true
+    gradient there is unbounded for a rejected answer; a bounded one is what training needs.)
+    """
+    x = x.clamp(max=-torch.finfo(x.dtype).tiny)
+    near_zero = x > -0.6931471805599453
+    # Each branch sees only the inputs it is right for (-1 elsewhere): torch.where passes a 0
+    # gradient to the branch it did not pick, and 0 · inf (log1p(-exp(x)) at x = -1e-30 in
+    # float32) would be NaN.
+    close = torch.log(-torch.expm1(torch.where(near_zero, x, -1.0)))
+    far = torch.log1p(-torch.exp(torch.where(near_zero, -1.0, x)))
+    return torch.where(near_zero, close, far)
+
+
+def _check_orpo_inputs(logps: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor]) -> None:
+    """No empty answer and no positive log-prob (a probability above 1), in one device sync."""
+    flags = torch.stack([(v == 0).any() for v in lengths.values()] + [(v > 0).any() for v in logps.values()])
+    bad = flags.tolist()
+    for (name, value), empty in zip(lengths.items(), bad):
+        if empty:
+            raise ValueError(f"{name}[{int((value == 0).nonzero()[0])}] is 0: ORPO's odds ratio is undefined for "
+                             "an empty answer (drop the pair or keep at least one answer token)")
+    for (name, value), positive in zip(logps.items(), bad[len(lengths):]):
+        if positive:
+            index = int((value > 0).nonzero()[0])
+            raise ValueError(f"{name}[{index}] is {value[index].item():.6g} > 0: log-probabilities are <= 0 "
+                             "(ORPO's odds of a probability above 1 are undefined; were logits or an NLL passed?)")
 
 
 def orpo_loss(
@@ -136,18 +164,21 @@ def orpo_loss(
     Rewards are ``β a``; ``metrics`` has ``log_odds_ratio`` (mean log σ(log OR)) and
     ``log_odds_chosen`` (mean log OR).
 
-    An empty answer (0 scored tokens, e.g. truncated away) has probability 1 and infinite
-    odds: that raises ``ValueError`` instead of returning an infinite loss.
+    Edge cases: an empty answer (0 scored tokens, e.g. truncated away) has probability 1 and
+    infinite odds, and a positive log-prob is no log-probability: both raise ``ValueError``.
+    An average log-prob of exactly 0 (every token's probability rounds to 1) has its odds
+    capped at ``1/tiny`` of the dtype (see ``_log1mexp``), so the loss and gradients stay
+    finite: about 0 for such a chosen answer (the exact limit), about ``β · 87`` (float32) for
+    such a rejected one.
     """
     check_logps(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps)
     batch = policy_chosen_logps.shape[0]
     check_lengths("chosen_lengths", chosen_lengths, batch, "orpo")
     check_lengths("rejected_lengths", rejected_lengths, batch, "orpo")
-    for name, lengths in (("chosen_lengths", chosen_lengths), ("rejected_lengths", rejected_lengths)):
-        empty = (lengths == 0).nonzero()
-        if empty.numel():
-            raise ValueError(f"{name}[{int(empty[0])}] is 0: ORPO's odds ratio is undefined for an empty answer "
-                             "(drop the pair or keep at least one answer token)")
+    _check_orpo_inputs(
+        dict(policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps),
+        dict(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths),
+    )
     check_positive("beta", beta)
     chosen_avg = _average(policy_chosen_logps, chosen_lengths)
     rejected_avg = _average(policy_rejected_logps, rejected_lengths)
