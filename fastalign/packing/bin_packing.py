@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fastalign._extension import native_extension
+from fastalign.packing._checks import INT64_RANGE, above_int64, check_int
 
 BACKENDS = ("auto", "cpp", "python")
 
@@ -39,7 +40,7 @@ def first_fit_decreasing(
 
     Args:
         lengths: 1-d sequence of ints in ``[1, capacity]``.
-        capacity: tokens per bin (row budget), ``>= 1``.
+        capacity: tokens per bin (row budget), in ``[1, 2**63 - 1]``.
         backend: ``"auto"`` (C++ when built), ``"cpp"`` (required) or ``"python"``.
 
     Returns:
@@ -48,11 +49,12 @@ def first_fit_decreasing(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
-        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+    capacity = check_int("capacity", capacity, low=1)  # in int64, so both backends take it
     array = np.asarray(lengths)
     if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"lengths must be a 1-d sequence of ints, got shape {array.shape} dtype {array.dtype}")
+    if (too_big := above_int64(array)) is not None:
+        raise ValueError(f"lengths[{too_big[0]}] = {too_big[1]} is above {INT64_RANGE}")
     array = array.astype(np.int64, copy=False)
     bad = np.flatnonzero((array < 1) | (array > capacity))
     if bad.size:
@@ -63,5 +65,5 @@ def first_fit_decreasing(
     if backend == "cpp" and native is None:
         raise ValueError("backend='cpp' but the C++ extension fastalign._C is not built")
     if native is not None:
-        return native.first_fit_decreasing(array, int(capacity))
-    return first_fit_decreasing_python(array, int(capacity))
+        return native.first_fit_decreasing(array, capacity)
+    return first_fit_decreasing_python(array, capacity)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fastalign._extension import native_extension
+from fastalign.packing._checks import INT64_RANGE, above_int64, check_bool, check_int
 from fastalign.packing.batch import PackedBatch, cumulative_lengths
 from fastalign.packing.layout_python import (
     DROPPED,
@@ -66,6 +67,8 @@ def _flatten(name: str, lists: TokenLists | None, count: int | None) -> tuple[np
         array = np.asarray(tokens)
         if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
             raise ValueError(f"{name}[{i}] must be a flat list of ints, got {str(tokens)[:60]}")
+        if (too_big := above_int64(array)) is not None:
+            raise ValueError(f"{name}[{i}] holds token id {too_big[1]}, above {INT64_RANGE}")
         arrays.append(array.astype(np.int64, copy=False))
         lengths[i + 1] = array.size
     flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
@@ -73,11 +76,8 @@ def _flatten(name: str, lists: TokenLists | None, count: int | None) -> tuple[np
 
 
 def _optional_limit(name: str, value: int | None) -> int:
-    if value is None:
-        return -1
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
-    return int(value)
+    limit = check_int(name, value, low=1, optional=True)
+    return -1 if limit is None else limit  # the layout's "no limit"
 
 
 def _pack(
@@ -94,8 +94,9 @@ def _pack(
     backend: str,
     sort_by_length: bool = True,
 ) -> PackedRows:
-    if isinstance(token_budget, bool) or not isinstance(token_budget, (int, np.integer)):
-        raise ValueError(f"token_budget must be an int, got {token_budget!r}")
+    # Every argument is checked here, before either backend sees it, so both agree on it.
+    token_budget = check_int("token_budget", token_budget)
+    sort_by_length = check_bool("sort_by_length", sort_by_length)
     if on_overflow not in OVERFLOW:
         raise ValueError(f"on_overflow must be one of {tuple(OVERFLOW)}, got {on_overflow!r}")
     if backend not in BACKENDS:
@@ -106,16 +107,16 @@ def _pack(
     chosen = _flatten(chosen_name, chosen_ids, count)
     rejected = _flatten("rejected_ids", rejected_ids, count)
     arguments = (
-        *prompt, *chosen, *rejected, int(token_budget),
+        *prompt, *chosen, *rejected, token_budget,
         _optional_limit("max_prompt_length", max_prompt_length),
         _optional_limit("max_completion_length", max_completion_length),
-        OVERFLOW[on_overflow], MODES[mode], _optional_limit("vocab_size", vocab_size), bool(sort_by_length),
+        OVERFLOW[on_overflow], MODES[mode], _optional_limit("vocab_size", vocab_size), sort_by_length,
     )
     native = native_extension() if backend != "python" else None
     if backend == "cpp" and native is None:
         raise ValueError("backend='cpp' but the C++ extension fastalign._C is not built")
     layout = native.pack_layout(*arguments) if native is not None else pack_layout_python(*arguments)
-    return _rows_from_layout(layout, mode, int(token_budget))
+    return _rows_from_layout(layout, mode, token_budget)
 
 
 def _rows_from_layout(layout: dict[str, np.ndarray], mode: str, token_budget: int) -> PackedRows:
@@ -209,7 +210,7 @@ def pack_preference_examples(
     """
     return _pack(
         prompt_ids, chosen_ids, rejected_ids,
-        mode="shared" if share_prompt else "unshared",
+        mode="shared" if check_bool("share_prompt", share_prompt) else "unshared",
         token_budget=token_budget, max_prompt_length=max_prompt_length,
         max_completion_length=max_completion_length, on_overflow=on_overflow,
         vocab_size=vocab_size, backend=backend, sort_by_length=sort_by_length,
