@@ -23,6 +23,10 @@ from fastalign.ops.validation import (
     require_tensor,
 )
 
+# Mirrors of fastalign.ops.linear_logprobs_triton's constants (importing it needs triton).
+BACKWARD_MODES = ("auto", "chunked", "fused")
+DEFAULT_BACKWARD_MEMORY_BUDGET = 1 << 30
+
 
 class LogprobsAndEntropy(NamedTuple):
     """``linear_logprobs(..., return_entropy=True)``: both shaped like ``targets``."""
@@ -52,8 +56,16 @@ def _output_dtype(dtype: torch.dtype) -> torch.dtype:
     return accumulation_dtype(dtype)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    # Autocast knows a handful of device types; "meta" and others raise instead of saying no.
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def _autocast_disabled(device_type: str):
-    if torch.is_autocast_enabled(device_type):
+    if _autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -73,6 +85,8 @@ def _stats_op(
     deterministic: bool,
     filter_eps: Optional[float],
     impl: str,
+    backward: str,
+    memory_budget: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_target_range(targets, weight.shape[0], ignore_index)
     out_dtype = _output_dtype(hidden.dtype)
@@ -113,7 +127,8 @@ def _stats_op(
 
 @_stats_op.register_fake
 def _stats_op_fake(hidden, weight, bias, targets, ignore_index, temperature, softcap,
-                   with_entropy, with_logit_sum, with_max_logit, deterministic, filter_eps, impl):
+                   with_entropy, with_logit_sum, with_max_logit, deterministic, filter_eps, impl,
+                   backward, memory_budget):
     out_dtype = _output_dtype(hidden.dtype)
     per_row = hidden.new_empty(targets.shape, dtype=out_dtype)
     return (
@@ -146,6 +161,8 @@ def _stats_backward_op(
     deterministic: bool,
     filter_eps: Optional[float],
     impl: str,
+    backward: str,
+    memory_budget: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     grads = dict(zip(_GRAD_NAMES, (grad_logprobs, grad_entropy, grad_lse, grad_logit_sum)))
     kwargs = dict(
@@ -163,7 +180,8 @@ def _stats_backward_op(
 
             result = triton_backward(
                 hidden, weight, bias, targets, lse, saved_entropy, grads,
-                deterministic=deterministic, filter_eps=filter_eps, **kwargs,
+                deterministic=deterministic, filter_eps=filter_eps, backward=backward,
+                memory_budget=memory_budget, **kwargs,
             )
         else:
             result = torch_backward(hidden, weight, bias, targets, lse, saved_entropy, grads, **kwargs)
@@ -175,7 +193,7 @@ def _stats_backward_op(
 def _stats_backward_fake(hidden, weight, bias, targets, lse, entropy, grad_logprobs, grad_entropy,
                          grad_lse, grad_logit_sum, ignore_index, temperature, softcap,
                          needs_hidden_grad, needs_weight_grad, needs_bias_grad, deterministic,
-                         filter_eps, impl):
+                         filter_eps, impl, backward, memory_budget):
     return (
         torch.empty_like(hidden) if needs_hidden_grad else hidden.new_empty(0),
         torch.empty_like(weight) if needs_weight_grad else hidden.new_empty(0),
@@ -185,7 +203,8 @@ def _stats_backward_fake(hidden, weight, bias, targets, lse, entropy, grad_logpr
 
 def _setup_context(ctx, inputs, output):
     (hidden, weight, bias, targets, ignore_index, temperature, softcap, _with_entropy,
-     _with_logit_sum, _with_max_logit, deterministic, filter_eps, impl) = inputs
+     _with_logit_sum, _with_max_logit, deterministic, filter_eps, impl, backward,
+     memory_budget) = inputs
     _logprobs, entropy, lse, _logit_sum, max_logit = output
     ctx.mark_non_differentiable(max_logit)
     ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
@@ -196,6 +215,8 @@ def _setup_context(ctx, inputs, output):
         deterministic=deterministic,
         filter_eps=filter_eps,
         impl=impl,
+        backward=backward,
+        memory_budget=memory_budget,
     )
 
 
@@ -208,7 +229,7 @@ def _backward(ctx, *output_grads):
         for g in output_grads
     ]
     needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-    no_grad_args = (None,) * 10
+    no_grad_args = (None,) * 12
     if targets.numel() == 0:
         # Empty inputs: gradients are empty/zero tensors, not missing.
         return (
@@ -229,6 +250,8 @@ def _backward(ctx, *output_grads):
         deterministic=ctx.options["deterministic"],
         filter_eps=ctx.options["filter_eps"],
         impl=ctx.options["impl"],
+        backward=ctx.options["backward"],
+        memory_budget=ctx.options["memory_budget"],
     )
     return (
         grad_hidden if needs_hidden else None,
@@ -240,12 +263,27 @@ def _backward(ctx, *output_grads):
 _stats_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "fastalign.linear_logprobs does not support double backward (a gradient of its "
+        "gradient, e.g. torch.autograd.grad(..., create_graph=True) followed by another "
+        "backward): its backward recomputes logits inside a kernel with no autograd formula"
+    )
+
+
+def _keep_nothing(ctx, inputs, output):
+    return None
+
+
+_stats_backward_op.register_autograd(_no_double_backward, setup_context=_keep_nothing)
+
+
 def _cast_for_autocast(
     hidden: Tensor, weight: Tensor, bias: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Under autocast, run at the autocast dtype like ``F.linear`` would (explicit casts)."""
     device_type = hidden.device.type
-    if not torch.is_autocast_enabled(device_type):
+    if not _autocast_enabled(device_type):
         return hidden, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
 
@@ -272,14 +310,17 @@ def linear_logprob_stats(
     deterministic: bool = False,
     filter_eps: float | None = None,
     impl: str = "auto",
+    backward: str = "auto",
+    backward_memory_budget: int = DEFAULT_BACKWARD_MEMORY_BUDGET,
 ) -> LinearLogprobStats:
     """Per-row log-prob, lse and optionally entropy, logit sum and max logit; see ``linear_logprobs``.
 
     The building block of ``linear_cross_entropy`` (lse for z-loss, logit sum for label
     smoothing), of the fused losses (mean logits) and of the Hugging Face / TRL heads
-    (``max_logit``: a target is the top-1 token when its logit equals it). ``filter_eps`` (Triton path only)
-    skips backward tiles whose probabilities are all below it (an approximation; off by
-    default).
+    (``max_logit``: a target is the top-1 token when its logit equals it). ``filter_eps``
+    (Triton path, fused backward only) skips backward tiles whose gradient entries are all
+    below it (an approximation; off by default). ``backward`` and ``backward_memory_budget``:
+    see ``linear_logprobs``.
     """
     require_tensor("hidden", hidden)
     require_tensor("weight", weight)
@@ -291,12 +332,20 @@ def linear_logprob_stats(
     require_positive_finite("filter_eps", filter_eps, allow_none=True)
     if not isinstance(deterministic, bool):
         raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
+    if backward not in BACKWARD_MODES:
+        raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {backward!r}")
+    if (isinstance(backward_memory_budget, bool) or not isinstance(backward_memory_budget, int)
+            or backward_memory_budget < 0):
+        raise ValueError(
+            f"backward_memory_budget must be an int >= 0 (bytes), got {backward_memory_budget!r}"
+        )
     resolved = resolve_impl(impl, hidden.device, hidden.dtype)
     logprobs, entropy, lse, logit_sum, max_logit = _stats_op(
         hidden, weight, bias, targets, int(ignore_index), float(temperature),
         float(softcap) if softcap is not None else None,
         bool(with_entropy), bool(with_logit_sum), bool(with_max_logit), deterministic,
-        float(filter_eps) if filter_eps is not None else None, resolved,
+        float(filter_eps) if filter_eps is not None else None, resolved, backward,
+        int(backward_memory_budget),
     )
     return LinearLogprobStats(
         logprobs,
@@ -319,6 +368,8 @@ def linear_logprobs(
     return_entropy: bool = False,
     deterministic: bool = False,
     impl: str = "auto",
+    backward: str = "auto",
+    backward_memory_budget: int = DEFAULT_BACKWARD_MEMORY_BUDGET,
 ) -> Tensor | LogprobsAndEntropy:
     """Log-probability of each target token under ``softmax(cap(hidden @ weight^T + bias) / T)``.
 
@@ -332,8 +383,16 @@ def linear_logprobs(
         temperature: ``T > 0``; log-probs of the distribution the sampler drew from.
         softcap: optional final-logit soft-cap ``c``: ``c * tanh(l / c)`` (Gemma 2).
         return_entropy: also return the entropy of each row's distribution.
-        deterministic: backward without atomics (bitwise reproducible; one extra recompute).
+        deterministic: bitwise reproducible backward. The default Triton backward always is;
+            the fused one then runs without atomics (one extra recompute).
         impl: ``"auto"`` (Triton on CUDA, chunked PyTorch elsewhere), ``"triton"``, ``"torch"``.
+        backward: Triton backward mode. ``"chunked"``: per chunk of rows a kernel writes the
+            logits gradient and cuBLAS computes dH and dW (4 GEMMs in all, the fastest);
+            ``"fused"``: one kernel does recompute, dH and dW (no ``[rows, V]`` buffer, slower);
+            ``"auto"``: chunked unless the budget cannot hold a 128-row chunk.
+        backward_memory_budget: bytes the chunked backward may use for its logits-gradient
+            buffer (default 1 GiB; the weight gradient is accumulated in an extra fp32
+            ``[V, H]`` buffer in both modes).
 
     Returns:
         fp32 tensor shaped like ``targets`` (float64 for float64 inputs), 0 where ignored; with
@@ -345,6 +404,7 @@ def linear_logprobs(
         hidden, weight, targets,
         bias=bias, ignore_index=ignore_index, temperature=temperature, softcap=softcap,
         with_entropy=return_entropy, deterministic=deterministic, impl=impl,
+        backward=backward, backward_memory_budget=backward_memory_budget,
     )
     if return_entropy:
         return LogprobsAndEntropy(stats.logprobs, stats.entropy)

@@ -1,32 +1,40 @@
 """Launchers of the Triton kernels of the fused linear log-prob op (no autograd here).
 
-Hidden rows are addressed through an int64 vector of element offsets, so any ``[..., H]``
-view with a unit-free leading layout (``hidden[:, :-1]``, a slice of a packed batch) is read
-in place: nothing of size ``N x H`` is copied and nothing of size ``N x V`` is allocated.
+Every launch goes through a plan of ``fastalign.kernels.plans`` (grid, scalars, constexprs):
+the same plans the ahead-of-time compile gate checks. Hidden rows are addressed from at most
+two leading strides, so ``hidden[:, :-1]`` and other views are read in place; nothing of size
+``N x V`` is allocated.
+
+Backward modes:
+
+- ``"chunked"`` (default on CUDA): per chunk of rows whose ``[rows, V]`` logits gradient fits
+  ``memory_budget`` bytes, one kernel writes that gradient (input dtype) and cuBLAS computes
+  ``dH = G @ W`` and ``dW += G^T @ h`` (fp32 accumulation). Deterministic.
+- ``"fused"`` (minimum memory): one kernel recomputes each logits tile and contracts it into
+  fp32 dH/dW in place (relaxed atomics for dW, or two atomic-free launches when
+  ``deterministic``). Chosen by ``"auto"`` when the budget cannot hold 128 rows.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
-import triton
 
-from fastalign.kernels.autotune import MAX_BLOCK_V
-from fastalign.kernels.linear_logprob_bwd import linear_logprob_bwd_kernel
-from fastalign.kernels.linear_logprob_fwd import (
-    linear_logprob_combine_kernel,
-    linear_logprob_fwd_kernel,
-)
+from fastalign.kernels import plans
+from fastalign.ops.gemm import addmm_fp32_, matmul_fp32
 
-# Rows per block used to decide how many vocab splits small-N calls need (the autotuned
-# BLOCK_N may differ; the split count only has to be roughly right).
-_NOMINAL_BLOCK_N = 128
-_MIN_VOCAB_PER_SPLIT = 2048
-_COMBINE_BLOCK = 1024
+# The default extra memory of the chunked backward: the [rows, V] logits gradient buffer.
+DEFAULT_BACKWARD_MEMORY_BUDGET = 1 << 30
+BACKWARD_MODES = ("auto", "chunked", "fused")
 # Under the interpreter there is no SM count; a small virtual one makes small N exercise
-# the split-V path in CPU tests.
+# the multi-chunk path in CPU tests.
 _INTERPRETER_SMS = 4
+_TRITON_DTYPE = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.int64: "i64", torch.int32: "i32",
+}
 
 
 class TritonStats(NamedTuple):
@@ -39,40 +47,88 @@ class TritonStats(NamedTuple):
     max_logit: torch.Tensor | None = None
 
 
-def hidden_row_offsets(hidden: torch.Tensor) -> torch.Tensor:
-    """Element offsets (int64 ``[N]``) of each row of ``hidden [..., H]`` from its data pointer."""
-    lead_shape = hidden.shape[:-1]
-    offsets = torch.zeros((), dtype=torch.int64, device=hidden.device)
-    for dim, (size, stride) in enumerate(zip(lead_shape, hidden.stride()[:-1])):
-        view_shape = [1] * len(lead_shape)
-        view_shape[dim] = size
-        offsets = offsets + (torch.arange(size, device=hidden.device) * stride).view(view_shape)
-    return offsets.expand(lead_shape).reshape(-1)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # Triton's default for fp32 dots is TF32, which is not fp32; half types ignore this.
-    return "ieee" if dtype == torch.float32 else "tf32"
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _multiprocessors(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
     return _INTERPRETER_SMS
 
 
-def choose_splits(num_blocks: int, swept_extent: int, min_per_split: int, device: torch.device) -> int:
-    """How many programs share one owned block so that ~2 waves of programs exist."""
-    wanted = -(-2 * _multiprocessors(device) // max(num_blocks, 1))
-    most = max(1, swept_extent // min_per_split)
-    return max(1, min(wanted, most))
+def _collapse_leading(shape, strides) -> list[tuple[int, int]]:
+    """Leading ``(size, stride)`` pairs with size-1 dims dropped and mergeable dims merged."""
+    dims = [(size, stride) for size, stride in zip(shape, strides) if size != 1]
+    merged: list[tuple[int, int]] = []
+    for size, stride in dims:
+        if merged and merged[-1][1] == size * stride:
+            merged[-1] = (merged[-1][0] * size, stride)
+        else:
+            merged.append((size, stride))
+    return merged
 
 
-def _scalars(temperature: float, softcap: float | None) -> dict:
+def kernel_row_layout(hidden: torch.Tensor) -> tuple[plans.RowLayout, torch.Tensor]:
+    """How the kernels address the rows of ``hidden [..., H]``, and the tensor they read.
+
+    Views with at most two non-mergeable leading dims (``[N, H]``, ``[B, T, H]``,
+    ``hidden[:, :-1]``) are read in place; a row with a non-unit stride along H, or three
+    leading dims that cannot be merged, is copied once (``.contiguous()``).
+    """
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    lead = _collapse_leading(hidden.shape[:-1], hidden.stride()[:-1])
+    if len(lead) > 2:
+        hidden = hidden.contiguous()
+        lead = _collapse_leading(hidden.shape[:-1], hidden.stride()[:-1])
+    if not lead:
+        lead = [(1, hidden.shape[-1])]
+    if len(lead) == 1:
+        (size, stride), outer_stride = lead[0], 0
+        inner = size
+    else:
+        (_, outer_stride), (inner, stride) = lead
+    per_16_bytes = 16 // hidden.element_size()
+    aligned = (
+        hidden.data_ptr() % 16 == 0
+        and outer_stride % per_16_bytes == 0
+        and stride % per_16_bytes == 0
+    )
+    layout = plans.RowLayout(
+        rows_inner=max(inner, 1), stride_outer=outer_stride, stride_inner=stride,
+        row_align=per_16_bytes if aligned else 1,
+    )
+    return layout, hidden
+
+
+def _weight_for_kernels(weight: torch.Tensor) -> torch.Tensor:
+    return weight if weight.stride(1) == 1 else weight.contiguous()
+
+
+def _flat_targets(targets: torch.Tensor) -> torch.Tensor:
+    flat = targets.reshape(-1)
+    if flat.dtype not in (torch.int64, torch.int32):
+        flat = flat.long()
+    return flat.contiguous()
+
+
+def _launch(launch: plans.Launch, tensors: dict[str, torch.Tensor]) -> None:
+    if tensors.keys() != launch.pointers.keys():
+        raise RuntimeError(
+            f"launcher/plan mismatch for {launch.function.__name__}: "
+            f"{sorted(tensors.keys() ^ launch.pointers.keys())}"
+        )
+    options = {} if launch.table is not None else {"num_warps": launch.num_warps}
+    launch.kernel[launch.grid](**tensors, **launch.scalars, **launch.constexprs, **options)
+
+
+def _scalars(ignore_index: int, temperature: float, softcap: float | None) -> dict:
     return dict(
+        ignore_index=int(ignore_index),
         softcap=float(softcap) if softcap is not None else 1.0,
         inv_temperature=1.0 / float(temperature),
-        HAS_SOFTCAP=softcap is not None,
     )
 
 
@@ -88,73 +144,200 @@ def triton_forward(
     with_entropy: bool,
     with_logit_sum: bool,
     with_max_logit: bool = False,
-    save_lse: bool = True,
     num_splits: int | None = None,
 ) -> TritonStats:
     """Run the forward kernels. ``hidden [..., H]``, ``weight [V, H]``, ``targets [...]``.
 
     Returns fp32 ``[N]`` tensors (``N = targets.numel()``), zero at ignored rows.
-    ``num_splits`` overrides the vocab split count (tests use it to cover the combine).
+    ``num_splits`` overrides the number of vocab chunks (tests use it to cover the combine).
     """
     device = hidden.device
     n_rows = targets.numel()
     vocab, hidden_size = weight.shape
-    row_offsets = hidden_row_offsets(hidden)
-    flat_targets = targets.reshape(-1)
-    if num_splits is None:
-        num_splits = choose_splits(
-            -(-n_rows // _NOMINAL_BLOCK_N), vocab, _MIN_VOCAB_PER_SPLIT, device
-        )
-    # Cut splits at multiples of the largest BLOCK_V, then drop any that would be empty.
-    v_per_split = -(-(-(-vocab // num_splits)) // MAX_BLOCK_V) * MAX_BLOCK_V
-    num_splits = -(-vocab // v_per_split)
-
+    layout, hidden = kernel_row_layout(hidden)
+    weight = _weight_for_kernels(weight)
+    flat_targets = _flat_targets(targets)
+    features = plans.Features(
+        has_bias=bias is not None, has_softcap=softcap is not None, with_entropy=with_entropy,
+        with_logit_sum=with_logit_sum, with_max_logit=with_max_logit,
+    )
+    forward, combine, chunks = plans.forward_plan(
+        n_rows, vocab, hidden_size, _TRITON_DTYPE[hidden.dtype], layout, features,
+        num_sms=_multiprocessors(device), targets_dtype=_TRITON_DTYPE[flat_targets.dtype],
+        num_chunks=num_splits, stride_wv=weight.stride(0),
+        **_scalars(ignore_index, temperature, softcap),
+    )
     f32 = dict(dtype=torch.float32, device=device)
-    part_max = torch.empty((num_splits, n_rows), **f32)
-    part_sum = torch.empty((num_splits, n_rows), **f32)
-    part_moment = torch.empty((num_splits, n_rows), **f32) if with_entropy else part_sum
-    part_zsum = torch.empty((num_splits, n_rows), **f32) if with_logit_sum else part_sum
+    part_max = torch.empty((chunks, n_rows), **f32)
+    part_sum = torch.empty((chunks, n_rows), **f32)
+    part_moment = torch.empty((chunks, n_rows), **f32) if with_entropy else part_sum
+    part_zsum = torch.empty((chunks, n_rows), **f32) if with_logit_sum else part_sum
     target_logit = torch.empty(n_rows, **f32)
-    scalars = _scalars(temperature, softcap)
-
-    def grid(meta):
-        return (triton.cdiv(n_rows, meta["BLOCK_N"]), num_splits)
-
-    linear_logprob_fwd_kernel[grid](
-        hidden, row_offsets, weight, bias if bias is not None else weight, flat_targets,
-        part_max, part_sum, part_moment, part_zsum, target_logit,
-        n_rows, vocab, hidden_size, v_per_split,
-        hidden.stride(-1), weight.stride(0), weight.stride(1),
-        ignore_index, scalars["softcap"], scalars["inv_temperature"],
-        HAS_BIAS=bias is not None,
-        HAS_SOFTCAP=scalars["HAS_SOFTCAP"],
-        WITH_ENTROPY=with_entropy,
-        WITH_ZSUM=with_logit_sum,
-        DOT_PRECISION=_dot_precision(hidden.dtype),
+    partials = dict(
+        targets_ptr=flat_targets, part_max_ptr=part_max, part_sum_ptr=part_sum,
+        part_moment_ptr=part_moment, part_zsum_ptr=part_zsum, target_logit_ptr=target_logit,
     )
-
+    _launch(forward, dict(
+        h_ptr=hidden, w_ptr=weight, b_ptr=bias if bias is not None else weight, **partials,
+    ))
     logprobs = torch.empty(n_rows, **f32)
+    lse = torch.empty(n_rows, **f32)
     entropy = torch.empty(n_rows, **f32) if with_entropy else None
-    lse = torch.empty(n_rows, **f32) if save_lse else None
     logit_sum = torch.empty(n_rows, **f32) if with_logit_sum else None
-    linear_logprob_combine_kernel[(triton.cdiv(n_rows, _COMBINE_BLOCK),)](
-        flat_targets, part_max, part_sum, part_moment, part_zsum, target_logit,
-        logprobs,
-        entropy if entropy is not None else logprobs,
-        lse if lse is not None else logprobs,
-        logit_sum if logit_sum is not None else logprobs,
-        n_rows, num_splits, ignore_index,
-        WITH_ENTROPY=with_entropy,
-        WITH_ZSUM=with_logit_sum,
-        SAVE_LSE=save_lse,
-        BLOCK=_COMBINE_BLOCK,
-    )
-    max_logit = None
-    if with_max_logit:
-        # Each split already wrote its row maxima; rows of skipped (all-ignored) blocks hold garbage.
-        scored = flat_targets != ignore_index
-        max_logit = torch.where(scored, part_max.amax(dim=0), torch.zeros((), **f32))
+    max_logit = torch.empty(n_rows, **f32) if with_max_logit else None
+    _launch(combine, dict(
+        **partials, logprob_ptr=logprobs, lse_ptr=lse,
+        entropy_ptr=entropy if entropy is not None else logprobs,
+        zsum_ptr=logit_sum if logit_sum is not None else logprobs,
+        max_ptr=max_logit if max_logit is not None else logprobs,
+    ))
     return TritonStats(logprobs, entropy, lse, logit_sum, max_logit)
+
+
+def _upstream_features(grads: dict, bias: torch.Tensor | None, softcap: float | None) -> plans.Features:
+    return plans.Features(
+        has_bias=bias is not None, has_softcap=softcap is not None,
+        has_dlogp=grads.get("logprobs") is not None, has_dlse=grads.get("lse") is not None,
+        has_dentropy=grads.get("entropy") is not None, has_dzsum=grads.get("logit_sum") is not None,
+    )
+
+
+def _upstream_pointers(grads: dict, lse: torch.Tensor, entropy: torch.Tensor | None) -> dict:
+    names = {"logprobs": "dlogp_ptr", "lse": "dlse_ptr", "entropy": "dentropy_ptr", "logit_sum": "dzsum_ptr"}
+    pointers = {ptr: grads.get(key) if grads.get(key) is not None else lse for key, ptr in names.items()}
+    pointers["lse_ptr"] = lse
+    pointers["entropy_ptr"] = entropy if entropy is not None else lse
+    return pointers
+
+
+def choose_backward(mode: str, n_rows: int, vocab: int, elem_bytes: int, budget: int) -> tuple[str, int]:
+    """``("chunked", rows per chunk)`` or ``("fused", 0)`` for a call; raises ``ValueError``
+    when ``"chunked"`` is asked for with a budget below one 128-row chunk."""
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {mode!r}")
+    rows = plans.backward_chunk_rows(n_rows, vocab, elem_bytes, budget)
+    if mode == "fused" or (mode == "auto" and rows == 0):
+        return "fused", 0
+    if rows == 0:
+        need = plans.CHUNK_ROW_MULTIPLE * plans.dlogits_out_stride(vocab) * elem_bytes
+        raise ValueError(
+            f"backward_memory_budget={budget} bytes cannot hold one {plans.CHUNK_ROW_MULTIPLE}-row "
+            f"chunk of the logits gradient ({need} bytes at V={vocab}); raise it or use "
+            "backward='fused'"
+        )
+    return "chunked", rows
+
+
+class _ChunkRows:
+    """``[rows, H]`` matrices of hidden rows ``[r0, r1)``: a view when the rows are evenly
+    strided, else a gather of just those rows."""
+
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+        try:
+            self.flat = hidden.view(-1, hidden.shape[-1])
+        except RuntimeError:
+            self.flat = None
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        if self.flat is not None:
+            return self.flat[start:stop]
+        rows = torch.arange(start, stop, device=self.hidden.device)
+        return self.hidden[torch.unravel_index(rows, self.hidden.shape[:-1])]
+
+
+def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, layout, features,
+                      scalars, chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad):
+    device = hidden.device
+    n_rows = flat_targets.numel()
+    vocab, hidden_size = weight.shape
+    chunk_rows = min(chunk_rows, n_rows)
+    buffer = torch.empty((chunk_rows, plans.dlogits_out_stride(vocab)), dtype=hidden.dtype, device=device)
+    grad_hidden = torch.empty((n_rows, hidden_size), dtype=hidden.dtype, device=device) if needs_hidden_grad else None
+    acc = torch.float32
+    grad_weight = torch.zeros((vocab, hidden_size), dtype=acc, device=device) if needs_weight_grad else None
+    grad_bias = torch.zeros(vocab, dtype=acc, device=device) if needs_bias_grad else None
+    rows_of = _ChunkRows(hidden)
+    pointers = dict(
+        h_ptr=hidden, w_ptr=weight, b_ptr=bias if bias is not None else weight,
+        targets_ptr=flat_targets, out_ptr=buffer, **_upstream_pointers(grads, lse, entropy),
+    )
+    for start in range(0, n_rows, chunk_rows):
+        rows = min(chunk_rows, n_rows - start)
+        launch = plans.dlogits_plan(
+            start, rows, vocab, hidden_size, _TRITON_DTYPE[hidden.dtype], layout, features,
+            total_rows=n_rows, targets_dtype=_TRITON_DTYPE[flat_targets.dtype],
+            stride_wv=weight.stride(0), **scalars,
+        )
+        _launch(launch, pointers)
+        grad_logits = buffer[:rows, :vocab]
+        if grad_hidden is not None:
+            grad_hidden[start:start + rows] = matmul_fp32(grad_logits, weight)
+        if grad_weight is not None:
+            addmm_fp32_(grad_weight, grad_logits.t(), rows_of(start, start + rows))
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(dim=0, dtype=acc)
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _fused_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, layout, features,
+                    scalars, needs_hidden_grad, needs_weight_grad, needs_bias_grad,
+                    deterministic, filter_eps, num_splits):
+    device = hidden.device
+    n_rows = flat_targets.numel()
+    vocab, hidden_size = weight.shape
+    f32 = dict(dtype=torch.float32, device=device)
+    # Unused outputs point at a private scratch word: the autotuner zeroes all three.
+    scratch = torch.zeros(1, **f32)
+    grad_hidden = torch.zeros((n_rows, hidden_size), **f32) if needs_hidden_grad else None
+    grad_weight = torch.zeros((vocab, hidden_size), **f32) if needs_weight_grad else None
+    grad_bias = torch.zeros(vocab, **f32) if needs_bias_grad else None
+    base = dict(
+        h_ptr=hidden, w_ptr=weight, b_ptr=bias if bias is not None else weight,
+        targets_ptr=flat_targets, **_upstream_pointers(grads, lse, entropy),
+    )
+    dtype = _TRITON_DTYPE[hidden.dtype]
+
+    def launch(own_rows, splits, compute_dh, compute_params, dh_atomic, dw_atomic):
+        plan = plans.fused_backward_plan(
+            n_rows, vocab, hidden_size, dtype, layout, features, own_rows=own_rows, splits=splits,
+            compute_dh=compute_dh, compute_dw=compute_params and needs_weight_grad,
+            compute_db=compute_params and needs_bias_grad, dh_atomic=dh_atomic,
+            dw_atomic=dw_atomic, filter_eps=filter_eps,
+            targets_dtype=_TRITON_DTYPE[flat_targets.dtype], stride_wv=weight.stride(0), **scalars,
+        )
+        _launch(plan, dict(
+            **base,
+            dh_ptr=grad_hidden if compute_dh else scratch,
+            dw_ptr=grad_weight if compute_params and grad_weight is not None else scratch,
+            db_ptr=grad_bias if compute_params and grad_bias is not None else scratch,
+        ))
+
+    sms = _multiprocessors(device)
+    needs_params = needs_weight_grad or needs_bias_grad
+    row_blocks = plans.cdiv(n_rows, plans.NOMINAL_BLOCK_N)
+    if deterministic:
+        if needs_hidden_grad:
+            launch(True, 1, True, False, False, False)
+        if needs_params:
+            launch(False, 1, False, True, False, False)
+    elif needs_hidden_grad:
+        splits = num_splits or _splits(row_blocks, vocab, 2048, sms)
+        launch(True, splits, True, needs_params, splits > 1, True)
+    elif needs_params:
+        # Frozen hidden (rare): own vocab blocks so dW needs atomics only across row splits.
+        vocab_blocks = plans.cdiv(vocab, plans.NOMINAL_BLOCK_N)
+        splits = num_splits or _splits(vocab_blocks, n_rows, plans.NOMINAL_BLOCK_N, sms)
+        launch(False, splits, False, True, False, splits > 1)
+    if grad_hidden is not None:
+        grad_hidden = grad_hidden.to(hidden.dtype)
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _splits(num_blocks: int, swept_extent: int, min_per_split: int, sms: int) -> int:
+    """How many programs share one owned block so that ~2 waves of programs exist."""
+    wanted = plans.cdiv(2 * sms, max(num_blocks, 1))
+    return max(1, min(wanted, max(1, swept_extent // min_per_split)))
 
 
 def triton_backward(
@@ -175,81 +358,45 @@ def triton_backward(
     deterministic: bool = False,
     filter_eps: float | None = None,
     num_splits: int | None = None,
+    backward: str = "auto",
+    memory_budget: int = DEFAULT_BACKWARD_MEMORY_BUDGET,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients ``(d hidden, d weight, d bias)`` (``None`` where not needed).
 
     ``grads`` maps ``logprobs``/``lse``/``entropy``/``logit_sum`` to fp32 ``[N]`` upstream
-    gradients or ``None``. ``deterministic`` avoids atomics (two launches, 5 GEMM-equivalents
-    instead of 4); otherwise dW (and dH when vocab is split) is reduced with fp32 atomics.
+    gradients or ``None``. ``backward`` picks the mode (see the module docstring);
+    ``deterministic``, ``filter_eps`` and ``num_splits`` concern the fused mode only (the
+    chunked mode is deterministic and exact).
     """
-    device = hidden.device
     n_rows = targets.numel()
     vocab, hidden_size = weight.shape
-    f32 = dict(dtype=torch.float32, device=device)
-    # Unused outputs point at a private scratch word: the autotuner zeroes all three.
-    scratch = torch.zeros(1, **f32)
-    grad_hidden = torch.zeros((n_rows, hidden_size), **f32) if needs_hidden_grad else None
-    grad_weight = torch.zeros((vocab, hidden_size), **f32) if needs_weight_grad else None
-    grad_bias = torch.zeros(vocab, **f32) if needs_bias_grad else None
+    mode, chunk_rows = choose_backward(backward, n_rows, vocab, hidden.element_size(), memory_budget)
+    grad_shape = hidden.shape
+    layout, hidden = kernel_row_layout(hidden)
+    weight = _weight_for_kernels(weight)
+    flat_targets = _flat_targets(targets)
     upstream = {name: grads.get(name) for name in ("logprobs", "lse", "entropy", "logit_sum")}
-    scalars = _scalars(temperature, softcap)
-    row_offsets = hidden_row_offsets(hidden)
-    flat_targets = targets.reshape(-1)
-
-    def launch(own_rows: bool, splits: int, compute_dh: bool, compute_dwb: bool, atomic_dh: bool, atomic_dw: bool):
-        def grid(meta):
-            owned = triton.cdiv(n_rows, meta["BLOCK_N"]) if own_rows else triton.cdiv(vocab, meta["BLOCK_V"])
-            return (owned, splits)
-
-        linear_logprob_bwd_kernel[grid](
-            hidden, row_offsets, weight, bias if bias is not None else weight, flat_targets,
-            lse, entropy if entropy is not None else lse,
-            *(upstream[k] if upstream[k] is not None else lse for k in ("logprobs", "lse", "entropy", "logit_sum")),
-            grad_hidden if compute_dh else scratch,
-            grad_weight if compute_dwb and grad_weight is not None else scratch,
-            grad_bias if compute_dwb and grad_bias is not None else scratch,
-            n_rows, vocab, hidden_size,
-            hidden.stride(-1), weight.stride(0), weight.stride(1),
-            ignore_index, scalars["softcap"], scalars["inv_temperature"],
-            float(filter_eps) if filter_eps is not None else 0.0,
-            HAS_BIAS=bias is not None,
-            HAS_SOFTCAP=scalars["HAS_SOFTCAP"],
-            HAS_DLOGP=upstream["logprobs"] is not None,
-            HAS_DLSE=upstream["lse"] is not None,
-            HAS_DENTROPY=upstream["entropy"] is not None,
-            HAS_DZSUM=upstream["logit_sum"] is not None,
-            COMPUTE_DH=compute_dh,
-            COMPUTE_DW=compute_dwb and needs_weight_grad,
-            COMPUTE_DB=compute_dwb and needs_bias_grad,
-            DH_ATOMIC=atomic_dh,
-            DW_ATOMIC=atomic_dw,
-            OWN_ROWS=own_rows,
-            # The logit-sum gradient is uniform over the vocabulary: nothing may be filtered.
-            FILTER=filter_eps is not None and upstream["logit_sum"] is None,
-            DOT_PRECISION=_dot_precision(hidden.dtype),
+    features = _upstream_features(upstream, bias, softcap)
+    scalars = _scalars(ignore_index, temperature, softcap)
+    if n_rows == 0 or all(g is None for g in upstream.values()):
+        dh = torch.zeros(grad_shape, dtype=hidden.dtype, device=hidden.device) if needs_hidden_grad else None
+        dw = torch.zeros_like(weight) if needs_weight_grad else None
+        db = torch.zeros_like(bias) if needs_bias_grad else None
+        return dh, dw, db
+    if mode == "chunked":
+        dh, dw, db = _chunked_backward(
+            hidden, weight, bias, flat_targets, lse, entropy, upstream, layout, features, scalars,
+            chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad,
         )
+    else:
+        dh, dw, db = _fused_backward(
+            hidden, weight, bias, flat_targets, lse, entropy, upstream, layout, features, scalars,
+            needs_hidden_grad, needs_weight_grad, needs_bias_grad, deterministic, filter_eps,
+            num_splits,
+        )
+    return (
+        dh.view(grad_shape) if dh is not None else None,
+        dw.to(weight.dtype) if dw is not None else None,
+        db.to(bias.dtype) if db is not None else None,
+    )
 
-    needs_param_grad = needs_weight_grad or needs_bias_grad
-    if n_rows > 0 and any(g is not None for g in upstream.values()):
-        row_blocks = -(-n_rows // _NOMINAL_BLOCK_N)
-        if deterministic:
-            if needs_hidden_grad:
-                launch(True, 1, True, False, False, False)
-            if needs_param_grad:
-                launch(False, 1, False, True, False, False)
-        elif needs_hidden_grad:
-            splits = num_splits or choose_splits(row_blocks, vocab, _MIN_VOCAB_PER_SPLIT, device)
-            launch(True, splits, True, needs_param_grad, splits > 1, True)
-        elif needs_param_grad:
-            # Frozen hidden (rare): own vocab blocks so dW needs atomics only across row splits.
-            vocab_blocks = -(-vocab // _NOMINAL_BLOCK_N)
-            splits = num_splits or choose_splits(vocab_blocks, n_rows, _NOMINAL_BLOCK_N, device)
-            launch(False, splits, False, True, False, splits > 1)
-
-    if grad_hidden is not None:
-        grad_hidden = grad_hidden.view(hidden.shape).to(hidden.dtype)
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(bias.dtype)
-    return grad_hidden, grad_weight, grad_bias

@@ -88,14 +88,21 @@ def check_linear_head_inputs(
 
 
 def check_target_range(targets: torch.Tensor, vocab_size: int, ignore_index: int, name: str = "targets") -> None:
-    """Raise ``ValueError`` if a target is outside ``[0, V)`` and is not ``ignore_index``.
+    """Reject a target outside ``[0, V)`` that is not ``ignore_index``.
 
-    Costs one reduction and one device sync; runs inside the op's implementation.
+    On CPU: a ``ValueError`` naming the first bad value (one reduction). On CUDA: a
+    device-side assertion (``torch._assert_async``) so that the hot path never waits for the
+    GPU; a bad target then stops the process with this message at the next synchronization.
     """
-    if targets.numel() == 0:
+    if targets.numel() == 0 or targets.device.type == "meta":
         return
     scored = targets != ignore_index
     bad = scored & ((targets < 0) | (targets >= vocab_size))
+    if targets.is_cuda:
+        torch._assert_async(
+            ~bad.any(), f"{name} holds a value outside [0, {vocab_size}) that is not ignore_index={ignore_index}"
+        )
+        return
     if bool(bad.any()):
         first = targets[bad][0].item()
         raise ValueError(

@@ -42,14 +42,33 @@ def test_cross_entropy_memory_independent_of_tokens():
     assert largest(128) == largest(256) < 128 * VOCAB // 2
 
 
-def test_triton_path_allocates_nothing_vocab_sized_per_token(kernel_device):
-    """Triton path: allocations are O(N) and the weight-shaped dW accumulator, no N x V."""
+def test_triton_fused_backward_allocates_nothing_vocab_sized_per_token(kernel_device):
+    """Minimum-memory Triton path: allocations are O(N) and the weight-shaped dW accumulator."""
     n, h, vocab = 40, 16, 4096
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(n, h, generator=gen).to(kernel_device).requires_grad_()
     weight = torch.randn(vocab, h, generator=gen).to(kernel_device).requires_grad_()
     targets = torch.randint(0, vocab, (n,), generator=gen).to(kernel_device)
     with AllocationRecorder(record_shapes=True) as recorder:
-        linear_logprobs(hidden, weight, targets, impl="triton").sum().backward()
+        linear_logprobs(hidden, weight, targets, impl="triton", backward="fused").sum().backward()
     assert recorder.largest_numel <= vocab * h
     assert all(torch.Size(s).numel() < n * vocab // 4 or s == (vocab, h) for _, s in recorder.shapes)
+
+
+def test_triton_chunked_backward_stays_within_its_budget(kernel_device):
+    """Default Triton path: the logits gradient exists one budget-sized chunk at a time."""
+    n, h, vocab = 300, 16, 4096
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=gen).to(kernel_device).requires_grad_()
+    weight = torch.randn(vocab, h, generator=gen).to(kernel_device).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=gen).to(kernel_device)
+    budget = 128 * vocab * 4  # one 128-row fp32 chunk
+    with AllocationRecorder(record_shapes=True) as recorder:
+        linear_logprobs(hidden, weight, targets, impl="triton", backward="chunked",
+                        backward_memory_budget=budget).sum().backward()
+    vocab_sized = [torch.Size(s).numel() for _, s in recorder.shapes if s != (vocab, h)]
+    assert max(vocab_sized) * 4 <= budget < n * vocab * 4 // 2
+    # Twin: with room for every row, the recorder sees the whole [N, V] gradient.
+    with AllocationRecorder(record_shapes=True) as recorder:
+        linear_logprobs(hidden, weight, targets, impl="triton", backward="chunked").sum().backward()
+    assert max(torch.Size(s).numel() for _, s in recorder.shapes) >= n * vocab
