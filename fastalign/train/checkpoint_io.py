@@ -54,6 +54,9 @@ class CorruptCheckpointError(CheckpointError):
 class CheckpointWriteError(OSError):
     """Writing a checkpoint failed (typically: no space left on device)."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" prefix
+        return self.strerror or super().__str__()
+
 
 def fault_point(name: str) -> None:
     """Let a test interrupt a checkpoint write at the point ``name`` (no-op otherwise)."""

@@ -120,3 +120,35 @@ def test_resume_after_sigint_continues_exactly(tmp_path, monkeypatch, capsys):
 
     whole, cut = (load_file(tmp_path / name / "final" / "model.safetensors") for name in ("whole", "cut"))
     assert whole.keys() == cut.keys() and all(torch.equal(whole[key], cut[key]) for key in whole)
+
+
+def test_checkpoints_are_written_by_default_by_steps_and_by_time(tmp_path):
+    from fastalign.train import DPOConfig, DPOTrainer
+    from tests.models.tiny_models import tiny_model
+    from tests.train.test_reference_and_resume import random_pairs
+
+    defaults = DPOConfig()
+    assert (defaults.save_every, defaults.save_every_minutes, defaults.keep_last) == (500, 30.0, 2)
+    config = DPOConfig(output_dir=str(tmp_path), max_steps=3, save_every=0, save_every_minutes=1e-9, keep_last=10,
+                       token_budget=48, progress=False)
+    DPOTrainer(tiny_model("llama"), None, random_pairs(8), config).train()
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-00000001", "step-00000002", "step-00000003"]
+
+
+def test_a_full_disk_through_the_cli_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import fastalign.train.checkpoint_io as checkpoint_io
+
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        if ".step-00000002" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    assert train(tmp_path, "save_every=1", steps=3) == 1
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("error: no space left on device while writing")
+    assert f"{tmp_path / 'checkpoints' / 'step-00000001'}, is intact" in err[0]
