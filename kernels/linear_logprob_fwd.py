@@ -176,7 +176,10 @@ def linear_logprob_combine_kernel(
     log_total = tl.log(total)
     lse = glob_max + log_total
     target_logit = tl.load(target_logit_ptr + offs, mask=active, other=0.0)
-    tl.store(logprob_ptr + offs, tl.where(active, target_logit - lse, 0.0), mask=mask)
+    # Relative to the maximum: target - lse would cancel when logits are huge (1e6 + ln V
+    # does not fit fp32's mantissa), (target - m) - ln(total) does not.
+    logprob = (target_logit - glob_max) - log_total
+    tl.store(logprob_ptr + offs, tl.where(active, logprob, 0.0), mask=mask)
     if SAVE_LSE:
         tl.store(lse_ptr + offs, tl.where(active, lse, 0.0), mask=mask)
     if WITH_ENTROPY:

@@ -110,7 +110,9 @@ def logits_tile(
         h_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if HAS_BIAS:
-        bias = tl.load(b_ptr + w_rows).to(tl.float32)
+        # A -inf bias (a masked vocabulary entry) becomes a finite "minus infinity", so its
+        # probability is exactly 0 and 0 * logit stays 0 in the entropy terms.
+        bias = tl.maximum(tl.load(b_ptr + w_rows).to(tl.float32), -3.0e38)
         acc += bias[None, :]
     if HAS_SOFTCAP:
         acc = softcap * tanh(acc / softcap)

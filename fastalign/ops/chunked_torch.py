@@ -1,21 +1,29 @@
 """The pure-PyTorch path of the fused linear log-prob op: chunked over rows, recomputing.
 
 Same semantics as the Triton kernels. Logits exist one chunk of rows at a time (at most
-``CHUNK_ELEMENTS`` per ``[rows, V]`` tensor); the backward recomputes them. Only scored rows
-(target != ignore_index) are ever multiplied, and non-contiguous hidden views are gathered a
-chunk at a time instead of being copied whole. Used on CPU, for float64, and wherever Triton
-is absent.
+``CHUNK_ELEMENTS`` per ``[rows, V]`` buffer, and at most two such buffers at once); the
+backward recomputes them. Only scored rows (target != ignore_index) are multiplied, and
+non-contiguous hidden views are gathered a chunk at a time instead of being copied whole.
+Used on CPU, for float64, and wherever Triton is absent.
+
+Speed comes from doing the elementwise work in place on one chunk buffer (no temporaries the
+size of the chunk beyond a second one for the probabilities), so that the four GEMMs
+(forward, recompute, dH, dW) are most of the time. Numerics: every statistic is computed
+relative to the row maximum, as in the kernels (``logp = (z_t - m) - log sum e^{z - m}``), so
+rows of huge or equal logits lose nothing to cancellation, and a ``-inf`` logit (a masked
+vocabulary entry) contributes exactly zero to the entropy and every gradient.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-# Elements of one [rows, V] logits chunk: 4M fp32 = 16 MiB, whatever N is.
-CHUNK_ELEMENTS = 1 << 22
+# Elements of one [rows, V] logits chunk: 8M fp32 = 32 MiB, whatever N is.
+CHUNK_ELEMENTS = 1 << 23
 
 
 class TorchStats(NamedTuple):
@@ -60,14 +68,18 @@ def _sampled_logits(
     temperature: float,
     softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``z = cap(h W^T + b) / T`` in the accumulation dtype, and ``tanh(l / cap)`` if capped."""
-    logits = F.linear(hidden_rows, weight, bias).to(accumulation_dtype(hidden_rows.dtype))
+    """``z = cap(h W^T + b) / T`` in the accumulation dtype (a fresh buffer), and
+    ``tanh(l / cap)`` (a second buffer) when soft-capped."""
+    acc = accumulation_dtype(hidden_rows.dtype)
+    logits = F.linear(hidden_rows, weight, bias)
+    if logits.dtype != acc:
+        logits = logits.to(acc)
     capped = None
     if softcap is not None:
-        capped = torch.tanh(logits / softcap)
-        logits = capped * softcap
-    if temperature != 1.0:
-        logits = logits / temperature
+        capped = logits.div_(softcap).tanh_()
+        logits = capped * (softcap / temperature)
+    elif temperature != 1.0:
+        logits.div_(temperature)
     return logits, capped
 
 
@@ -101,19 +113,68 @@ def torch_forward(
     read_rows = _HiddenRows(hidden)
     for rows in _scored_rows(targets, ignore_index).split(chunk_rows(weight.shape[0])):
         z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap)
-        lse = torch.logsumexp(z, dim=1)
-        row_targets = flat_targets[rows].long()
-        logprobs[rows] = z.gather(1, row_targets[:, None]).squeeze(1) - lse
-        lse_all[rows] = lse
-        if with_entropy:
-            # -sum p log p, not lse - sum p z: no cancellation when logits are ~1e4.
-            log_p = z - lse[:, None]
-            entropy[rows] = -(log_p.exp() * log_p).sum(dim=1)
+        row_max = z.amax(dim=1)
         if with_logit_sum:
             logit_sum[rows] = z.sum(dim=1)
         if with_max_logit:
-            max_logit[rows] = z.amax(dim=1)
+            max_logit[rows] = row_max
+        target = z.gather(1, flat_targets[rows].long()[:, None]).squeeze(1) - row_max
+        centered = z.sub_(row_max[:, None])  # z - m, in place
+        if with_entropy:
+            weights = torch.exp(centered)
+            total = weights.sum(dim=1)
+            # sum p * (z - m) with 0 * (-inf) = 0 for masked entries (-inf logits).
+            moment = weights.mul_(centered).nan_to_num_(nan=0.0).sum(dim=1)
+            log_total = total.log()
+            entropy[rows] = log_total - moment / total
+            del weights
+        else:
+            log_total = centered.exp_().sum(dim=1).log_()
+        logprobs[rows] = target - log_total
+        lse_all[rows] = row_max + log_total
     return TorchStats(logprobs, entropy, lse_all, logit_sum, max_logit)
+
+
+def _logits_grad(
+    z: torch.Tensor,
+    capped: torch.Tensor | None,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    upstream: dict[str, torch.Tensor | None],
+    temperature: float,
+) -> torch.Tensor:
+    """In place on ``z``: the gradient w.r.t. the raw logits of one chunk (see kernels' math).
+
+    ``g = a [j == t] + u - p (a - c + e (z - sum p z))``, divided by T and chained through
+    the soft-cap; ``z - sum p z = log p + H``. Returns ``z``'s storage.
+    """
+    d_logp, d_lse, d_ent, d_zsum = (upstream[k] for k in ("logprobs", "lse", "entropy", "logit_sum"))
+    # 1/T is folded into the row coefficients instead of a pass over the chunk.
+    inv_t = 1.0 / temperature
+    coef = torch.zeros_like(lse)
+    if d_logp is not None:
+        coef += d_logp
+    if d_lse is not None:
+        coef -= d_lse
+    log_p = z.sub_(lse[:, None])
+    if d_ent is not None:
+        prob = torch.exp(log_p)
+        # (log p + H) * e + coef, times -p / T. Below 2 log(tiny), p is exactly 0 in this
+        # dtype: clamping there keeps masked entries (log p = -inf) finite, so they give 0.
+        floor = 2.0 * math.log(torch.finfo(z.dtype).tiny)
+        grad = log_p.clamp_(min=floor).add_(entropy[:, None]).mul_(d_ent[:, None])
+        grad = grad.add_(coef[:, None]).mul_(prob).mul_(-inv_t)
+        del prob
+    else:
+        grad = log_p.exp_().mul_((-inv_t) * coef[:, None])
+    if d_logp is not None:
+        grad.scatter_add_(1, targets[:, None], (inv_t * d_logp)[:, None].to(grad.dtype))
+    if d_zsum is not None:
+        grad.add_((inv_t * d_zsum)[:, None])
+    if capped is not None:
+        grad.mul_(1.0 - capped.square_())
+    return grad
 
 
 def torch_backward(
@@ -144,33 +205,21 @@ def torch_backward(
     grad_hidden_flat = grad_hidden.view(-1, hidden_size) if grad_hidden is not None else None
     grad_weight = torch.zeros((vocab, hidden_size), dtype=acc, device=weight.device) if needs_weight_grad else None
     grad_bias = torch.zeros(vocab, dtype=acc, device=weight.device) if needs_bias_grad else None
-    d_logp, d_lse, d_ent, d_zsum = (grads.get(k) for k in ("logprobs", "lse", "entropy", "logit_sum"))
+    names = ("logprobs", "lse", "entropy", "logit_sum")
+    weight_acc = weight if weight.dtype == acc else None
     read_rows = _HiddenRows(hidden)
     for rows in _scored_rows(targets, ignore_index).split(chunk_rows(vocab)):
         h = read_rows(rows)
         z, capped = _sampled_logits(h, weight, bias, temperature, softcap)
-        row_lse = lse[rows].to(acc)
-        prob = (z - row_lse[:, None]).exp_()
-        coef = torch.zeros_like(row_lse)
-        if d_logp is not None:
-            coef += d_logp[rows]
-        if d_lse is not None:
-            coef -= d_lse[rows]
-        grad = prob * (-coef[:, None])
-        if d_ent is not None:
-            mean_z = row_lse - entropy[rows]
-            grad -= prob * d_ent[rows][:, None] * (z - mean_z[:, None])
-        del prob
-        if d_logp is not None:
-            grad.scatter_add_(1, flat_targets[rows].long()[:, None], d_logp[rows][:, None].to(acc))
-        if d_zsum is not None:
-            grad += d_zsum[rows][:, None]
-        if temperature != 1.0:
-            grad /= temperature
-        if capped is not None:
-            grad *= 1.0 - capped * capped
+        upstream = {k: grads[k][rows].to(acc) if grads.get(k) is not None else None for k in names}
+        row_entropy = entropy[rows].to(acc) if entropy is not None else None
+        grad = _logits_grad(z, capped, flat_targets[rows].long(), lse[rows].to(acc), row_entropy,
+                            upstream, temperature)
+        del capped
         if grad_hidden_flat is not None:
-            grad_hidden_flat[rows] = grad.to(hidden.dtype) @ weight
+            if weight_acc is None:
+                weight_acc = weight.to(acc)
+            grad_hidden_flat[rows] = torch.mm(grad, weight_acc).to(hidden.dtype)
         if grad_weight is not None:
             grad_weight.addmm_(grad.t(), h.to(acc))
         if grad_bias is not None:

@@ -207,6 +207,9 @@ def _setup_context(ctx, inputs, output):
      memory_budget) = inputs
     _logprobs, entropy, lse, _logit_sum, max_logit = output
     ctx.mark_non_differentiable(max_logit)
+    # Outputs nobody differentiates arrive as None, not zeros: no wasted work, and no
+    # 0 * inf = NaN from an unused entropy at a masked (-inf) logit.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
     ctx.options = dict(
         ignore_index=ignore_index,
