@@ -18,14 +18,20 @@ SFT formats (output ``prompt``, ``completion``):
     ``messages``           multi-turn ``messages``: one row per assistant turn, prompt = the
                            rendered history before it, completion = that turn.
 
-A rendered answer is the chat template's output for ``prompt + answer`` minus its output for
-``prompt`` with ``add_generation_prompt=True``, so it carries the template's own end-of-turn
-text (``"<eos>"`` with the byte tokenizer). Malformed rows raise ``MalformedRow`` naming the
-field; the loader adds the row index.
+Chat rows (``conversational``, ``messages``): the prompt is the chat template's rendering of
+the prompt messages with ``add_generation_prompt=True``; each answer is the rendering of
+``prompt + answer`` minus that prefix (the continuation), so it carries the template's own
+end-of-turn text (``<|im_end|>\n``, ``<|eot_id|>``; ``<eos>`` with the byte tokenizer) and
+tokenization adds EOS only where the template wrote no end of turn (``encoding.py``). A template
+whose rendering of ``prompt + answer`` does not start with its rendering of the prompt cannot be
+split that way: such a row is malformed (the error shows where the two renderings part) rather
+than split at a guess. Malformed rows raise ``MalformedRow`` naming the field; the loader adds
+the row index.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -78,7 +84,8 @@ def _messages(value: Any, field: str) -> list[dict[str, Any]]:
 
 
 def render_answer(tokenizer: Any, prompt: list[dict], answer: list[dict], field: str) -> tuple[str, str]:
-    """Render ``prompt`` (with the generation prompt) and the answer that follows it."""
+    """``(head, continuation)``: ``prompt`` rendered with the generation prompt, and the rest of
+    the rendering of ``prompt + answer``; ``MalformedRow`` when the first is not a prefix of it."""
     if answer[0]["role"] != "assistant":
         raise MalformedRow(f"{field}[0].role", f"an answer starts with an assistant message, got {answer[0]['role']!r}")
     if not any(m["content"].strip() for m in answer):
@@ -89,7 +96,13 @@ def render_answer(tokenizer: Any, prompt: list[dict], answer: list[dict], field:
     except Exception as err:  # jinja raises its own types (e.g. templates enforcing alternation)
         raise MalformedRow(field, f"chat template failed: {type(err).__name__}: {err}") from err
     if not full.startswith(head):
-        raise MalformedRow(field, "the chat template does not render the prompt as a prefix of prompt + answer")
+        at = len(os.path.commonprefix([head, full]))
+        raise MalformedRow(
+            field,
+            "the chat template does not render the prompt as a prefix of prompt + answer: after "
+            f"{head[max(0, at - 30):at]!r} the prompt goes on {head[at:at + 30]!r} but prompt + answer "
+            f"goes on {full[at:at + 30]!r}",
+        )
     return head, full[len(head):]
 
 

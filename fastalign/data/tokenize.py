@@ -1,13 +1,13 @@
 """Tokenize loaded string columns into token-id lists and hand them to the packer.
 
-Rules (the same for preference and SFT data):
-- prompt: tokenized without special tokens, then BOS prepended when the tokenizer itself adds
-  one (``add_bos=None``) unless the text already starts with it (chat templates write BOS).
-  Tokenizing with ``add_special_tokens=True`` instead would give a doubled BOS on templated
-  text and, with tokenizers that append EOS, an EOS inside the prompt.
-- answers: tokenized without special tokens; with ``add_eos`` exactly one EOS ends each one
-  (appended unless the text already ends in it, as chat-templated answers may).
-- empty token lists raise ``ValueError`` naming the row: the packer needs every part non-empty.
+The rules (special tokens parsed, BOS at most once, EOS only where an answer does not already
+end its turn, the prompt/answer ``boundary``) are those of ``fastalign.data.encoding`` and are
+the same for preference and SFT data, explicit and chat-rendered rows. The trainers and
+``fastalign eval`` tokenize text through these functions with their defaults, so the default
+``boundary="joint"`` (TRL 1.16's rule) is also what the TRL drop-in, which keeps TRL's own
+tokenization, does.
+
+Empty token lists raise ``ValueError`` naming the row: the packer needs every part non-empty.
 Truncation to length limits is the packer's job (``max_prompt_length`` etc. in
 ``pack_dataset``), so tokenized datasets stay reusable across budgets.
 """
@@ -19,13 +19,18 @@ from typing import Any
 import datasets
 from datasets import Dataset, Features, Value
 
+from fastalign.data.encoding import BOUNDARIES, RowEncoder, tokenizer_adds_bos
 from fastalign.packing import PackedRows, pack_completion_examples, pack_preference_examples
+
+__all__ = ["pack_dataset", "tokenize_preference_data", "tokenize_sft_data", "tokenizer_adds_bos"]
 
 PREFERENCE_TEXT = ("prompt", "chosen", "rejected")
 SFT_TEXT = ("prompt", "completion")
 
 
-def _check(dataset: Any, tokenizer: Any, columns: tuple[str, ...], add_eos: bool, add_bos: bool | None) -> None:
+def _check(
+    dataset: Any, tokenizer: Any, columns: tuple[str, ...], add_eos: bool, add_bos: bool | None, boundary: str
+) -> None:
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}")
     missing = [name for name in columns if name not in dataset.column_names]
@@ -41,59 +46,44 @@ def _check(dataset: Any, tokenizer: Any, columns: tuple[str, ...], add_eos: bool
         raise ValueError(f"add_bos must be None or a bool, got {add_bos!r}")
     if add_bos and tokenizer.bos_token_id is None:
         raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
-
-
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    """Whether ``tokenizer(text)`` puts BOS first on its own (Llama/Gemma style)."""
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        return False
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return special[:1] == [bos] and plain[:1] != [bos]
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
 
 
 class _Tokenize:
     """Batched ``map`` function: one prompt column plus answer columns to ``*_ids``."""
 
-    def __init__(self, tokenizer: Any, answers: tuple[str, ...], add_eos: bool, add_bos: bool) -> None:
-        self.tokenizer, self.answers, self.add_eos, self.add_bos = tokenizer, answers, add_eos, add_bos
-
-    def _ids(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    def __init__(self, encoder: RowEncoder, answers: tuple[str, ...]) -> None:
+        self.encoder, self.answers = encoder, answers
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list[list[int]]]:
-        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        prompts = self._ids(batch["prompt"])
-        if self.add_bos:
-            prompts = [ids if ids[:1] == [bos] else [bos, *ids] for ids in prompts]
-        out = {"prompt_ids": prompts}
-        for name in self.answers:
-            ids = self._ids(batch[name])
-            if self.add_eos:
-                ids = [tokens if tokens[-1:] == [eos] else [*tokens, eos] for tokens in ids]
-            out[f"{name}_ids"] = ids
+        prompts, answers = self.encoder.rows(batch["prompt"], {name: batch[name] for name in self.answers})
+        out = {"prompt_ids": prompts, **{f"{name}_ids": ids for name, ids in answers.items()}}
         for name, lists in out.items():
             for index, tokens in zip(indices, lists):
                 if not tokens:
-                    raise ValueError(f"row {index}: {name[:-4]!r} tokenizes to no tokens")
+                    hint = ""
+                    if name == "prompt_ids" and self.encoder.boundary == "joint":
+                        hint = " (boundary='joint': its tokens merged into the answer's; try boundary='separate')"
+                    raise ValueError(f"row {index}: {name[:-4]!r} tokenizes to no tokens{hint}")
         return out
 
 
 def _tokenize(
     dataset: Dataset, tokenizer: Any, answers: tuple[str, ...], *, add_eos: bool, add_bos: bool | None,
-    batch_size: int, num_proc: int | None,
+    boundary: str, batch_size: int, num_proc: int | None,
 ) -> Dataset:
-    _check(dataset, tokenizer, ("prompt", *answers), add_eos, add_bos)
+    _check(dataset, tokenizer, ("prompt", *answers), add_eos, add_bos, boundary)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
         raise ValueError(f"num_proc must be None or an int >= 1, got {num_proc!r}")
     bos = tokenizer_adds_bos(tokenizer) if add_bos is None else add_bos
+    encoder = RowEncoder(tokenizer, boundary=boundary, add_bos=bos, add_eos=add_eos)
     ids = datasets.Sequence(Value("int32"))  # vocabularies stay far below 2**31
     features = Features({**dataset.features, "prompt_ids": ids, **{f"{name}_ids": ids for name in answers}})
     return dataset.map(
-        _Tokenize(tokenizer, answers, add_eos, bos),
+        _Tokenize(encoder, answers),
         batched=True,
         with_indices=True,
         batch_size=batch_size,
@@ -109,21 +99,29 @@ def tokenize_preference_data(
     *,
     add_eos: bool = True,
     add_bos: bool | None = None,
+    boundary: str = "joint",
     batch_size: int = 1000,
     num_proc: int | None = None,
 ) -> Dataset:
     """Add ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (int32 lists) to a preference dataset.
 
+    The rules are ``fastalign.data.encoding``'s: special tokens written in the text are parsed,
+    BOS comes at most once, each answer ends its turn exactly once.
+
     Args:
         dataset: string columns ``prompt``, ``chosen``, ``rejected`` (``load_preference_data``);
             other columns are kept.
         tokenizer: a transformers tokenizer.
-        add_eos: end each answer with exactly one ``eos_token_id``.
-        add_bos: prepend BOS to prompts: ``None`` = when the tokenizer adds one itself.
+        add_eos: end each answer with ``eos_token_id`` unless it already ends with EOS or with
+            the chat template's end-of-turn token (chat-rendered answers do).
+        add_bos: prepend BOS to prompts (once): ``None`` = when the tokenizer adds one itself.
+        boundary: where the prompt ends: ``"joint"`` (TRL 1.16: tokenize prompt + answer
+            jointly, the prompt is the common token prefix of both answers' tokenizations) or
+            ``"separate"`` (prompt and answers tokenized on their own).
         batch_size, num_proc: passed to ``Dataset.map`` (cached when the dataset is file-backed).
     """
     return _tokenize(dataset, tokenizer, ("chosen", "rejected"), add_eos=add_eos, add_bos=add_bos,
-                     batch_size=batch_size, num_proc=num_proc)
+                     boundary=boundary, batch_size=batch_size, num_proc=num_proc)
 
 
 def tokenize_sft_data(
@@ -132,13 +130,16 @@ def tokenize_sft_data(
     *,
     add_eos: bool = True,
     add_bos: bool | None = None,
+    boundary: str = "joint",
     batch_size: int = 1000,
     num_proc: int | None = None,
 ) -> Dataset:
     """Add ``prompt_ids``, ``completion_ids`` to an SFT dataset (``prompt``, ``completion``).
-    Arguments as in ``tokenize_preference_data``."""
+
+    Same rules and arguments as ``tokenize_preference_data``; the loss covers
+    ``completion_ids`` only (for ``messages`` rows: one assistant turn each)."""
     return _tokenize(dataset, tokenizer, ("completion",), add_eos=add_eos, add_bos=add_bos,
-                     batch_size=batch_size, num_proc=num_proc)
+                     boundary=boundary, batch_size=batch_size, num_proc=num_proc)
 
 
 def pack_dataset(

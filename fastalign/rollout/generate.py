@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastalign.data.tokenize import tokenizer_adds_bos
+from fastalign.data.encoding import RowEncoder, tokenizer_adds_bos
 from fastalign.models.backbone import PackedModel
 
 
@@ -78,9 +78,10 @@ def generate(
 
 
 def _generate_batch(lm, tokenizer, prompts, device, out: Rollout, *, max_new_tokens, temperature, top_p) -> None:
-    # Prompts are encoded exactly as the training data was (fastalign.data.tokenize).
-    bos = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
-    encoded = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # Prompts are encoded exactly as the training data was (fastalign.data.encoding: special
+    # tokens a chat template wrote parsed, BOS once).
+    encoder = RowEncoder(tokenizer, boundary="separate", add_bos=tokenizer_adds_bos(tokenizer), add_eos=False)
+    encoded = encoder.prompts(prompts)
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)

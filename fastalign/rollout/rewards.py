@@ -31,20 +31,20 @@ def reward_model_reward(reward_model, tokenizer, *, token_budget: int = 4096) ->
     last token."""
     import torch
 
-    from fastalign.data.tokenize import tokenizer_adds_bos
+    from fastalign.data.encoding import RowEncoder, tokenizer_adds_bos
     from fastalign.packing import pack_completion_examples
 
     if not hasattr(reward_model, "sequence_scores"):
         raise ValueError("reward_model must be a fastalign RewardModel")
-    bos = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
+    encoder = RowEncoder(tokenizer, boundary="separate", add_bos=tokenizer_adds_bos(tokenizer), add_eos=True)
 
     @torch.no_grad()
     def reward(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         device = next(reward_model.parameters()).device
-        prompt_ids = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        answer_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+        prompt_ids, answers = encoder.rows(prompts, {"completion": completions})
+        answer_ids = answers["completion"]
         scores = torch.zeros(len(prompts))
         for row in pack_completion_examples(prompt_ids, answer_ids, token_budget=token_budget, on_overflow="truncate"):
             scores[row.example_index] = reward_model.sequence_scores(row.to(device)).chosen.float().cpu()
