@@ -2,8 +2,15 @@
 
 Ids ``0..255`` are the bytes themselves (id == byte value), then three special tokens:
 ``<pad>`` = 256, ``<bos>`` = 257, ``<eos>`` = 258 (``len(tokenizer) == 259``). No token is
-added automatically (no BOS on ``tokenizer(text)``), so ``decode(encode(text)) == text``
-exactly; the chat template writes ``<bos>`` itself.
+added automatically (no BOS on ``tokenizer(text)``), and text never turns into a special token:
+the tokenizer is built with ``split_special_tokens=True`` (saved with it), so
+``tokenizer("<eos>")`` is the five bytes and ``decode(tokenizer(text).input_ids) == text`` for
+every text. Special tokens come from ids, or from text tokenized with
+``split_special_tokens=False``: what ``fastalign.data`` does with its rows (the chat template
+writes ``<bos>``/``<eos>`` as text), and what ``apply_chat_template(..., tokenize=True)`` needs
+(``tokenizer_kwargs={"split_special_tokens": False}``). Tools that append ``eos_token`` as text
+to plain rows (TRL's DPO/SFT trainers) therefore get the five bytes with this tokenizer; real
+tokenizers parse special tokens by default.
 
 Chat template (``apply_chat_template``)::
 
@@ -73,7 +80,8 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
     Returns:
         A ``PreTrainedTokenizerFast`` (``TokenizersBackend`` in transformers 5) with
-        ``pad/bos/eos`` set, ``padding_side="right"``, ``len == 259``. It saves with
+        ``pad/bos/eos`` set, ``padding_side="right"``, ``split_special_tokens=True``,
+        ``len == 259``. It saves with
         ``save_pretrained`` and loads back with ``AutoTokenizer.from_pretrained(dir)``.
     """
     tokenizer = PreTrainedTokenizerFast(
@@ -84,6 +92,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,  # would rewrite " ." to "." on decode
         padding_side="right",
         model_max_length=1 << 20,
+        split_special_tokens=True,  # a user's "<eos>" is text; see the module docstring
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer))

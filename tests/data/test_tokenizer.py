@@ -27,7 +27,10 @@ def test_ids_are_bytes_then_specials(tokenizer):
     assert len(tokenizer) == VOCAB_SIZE
     text = "é a\n\x00"
     assert tokenizer(text)["input_ids"] == list(text.encode("utf-8")), "one id per byte, no BOS added"
-    assert tokenizer("<bos>x<eos>")["input_ids"] == [BOS_ID, ord("x"), EOS_ID]
+    # Special tokens only when asked to parse them (what fastalign.data does with rendered rows);
+    # plain text, "<eos>" included, is bytes.
+    assert tokenizer("<bos>x<eos>", split_special_tokens=False)["input_ids"] == [BOS_ID, ord("x"), EOS_ID]
+    assert tokenizer("<bos>x<eos>")["input_ids"] == list(b"<bos>x<eos>")
 
 
 @functools.cache
@@ -57,7 +60,10 @@ def test_chat_template(tokenizer):
     # and the difference is exactly answer + <eos>.
     answered = tokenizer.apply_chat_template(MESSAGES + [{"role": "assistant", "content": "Ciao"}], tokenize=False)
     assert answered == prompt + "Ciao<eos>"
-    assert tokenizer(prompt)["input_ids"][0] == BOS_ID
+    assert tokenizer(prompt, split_special_tokens=False)["input_ids"][0] == BOS_ID
+    ids = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True,
+                                        tokenizer_kwargs={"split_special_tokens": False})["input_ids"]
+    assert ids[0] == BOS_ID and ids.count(EOS_ID) == 1
 
 
 def test_save_and_load_with_auto_tokenizer(tokenizer, tmp_path):
@@ -65,7 +71,7 @@ def test_save_and_load_with_auto_tokenizer(tokenizer, tmp_path):
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id, len(loaded)) == (256, 257, 258, 259)
     text = "héllo <eos> 🌍"
-    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"] == list(text.encode("utf-8"))
     assert loaded.decode(loaded(text)["input_ids"]) == text
     render = dict(tokenize=False, add_generation_prompt=True)
     assert loaded.apply_chat_template(MESSAGES, **render) == tokenizer.apply_chat_template(MESSAGES, **render)
