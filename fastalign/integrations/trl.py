@@ -13,6 +13,13 @@ prompt is encoded once instead of twice for the policy and for the reference. Ba
 allow it take the padded path. One extra metric, ``fastalign/shared_prompts``, is the fraction of
 forwards that shared prompts.
 
+Tokenization is TRL's own (the drop-in leaves it alone), which is the rule of
+``fastalign.data.encoding`` with its default ``boundary="joint"``, so this drop-in, fastalign's
+trainers and ``fastalign eval`` give the same token lists (tested with BPE chat tokenizers). TRL
+differs only where fastalign's rules are stricter: it adds no EOS to chat answers of a template
+that never ends a turn, appends a second end token to explicit answers that already end with
+the template's end-of-turn text, and doubles BOS on explicit prompts that already start with it.
+
 Supported TRL versions: ``SUPPORTED_TRL`` (the ``[trl]`` extra pins the same range).
 """
 
