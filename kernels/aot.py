@@ -11,6 +11,7 @@ shapes, the width of global and asynchronous loads, atomics and their memory ord
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import tempfile
@@ -48,7 +49,9 @@ def specialize(launch: Launch, config: triton.Config | None) -> tuple[dict, dict
     fn = launch.function
     meta = dict(config.kwargs) if config is not None else {}
     signature, constexprs, attrs = {}, {}, {}
-    for index, name in enumerate(fn.arg_names):
+    # (Under TRITON_INTERPRET the plan holds a plain Python function: read its parameters.)
+    names = getattr(fn, "arg_names", None) or list(inspect.signature(fn).parameters)
+    for index, name in enumerate(names):
         if name in launch.constexprs or name in meta:
             signature[name] = "constexpr"
             constexprs[name] = launch.constexprs.get(name, meta.get(name))

@@ -17,7 +17,7 @@ from fastalign.bench.providers import PROVIDERS, Provider
 from fastalign.bench.runner import Row, dtype_name, gemm_ms, measure_case, rows_as_dicts
 from fastalign.ops.reference import reference_linear_logprob_stats
 
-__all__ = ["MODES", "check_provider", "rows_as_dicts", "run_benchmark"]
+__all__ = ["MODES", "add_comparisons", "check_provider", "rows_as_dicts", "run_benchmark"]
 
 MODES = ("forward", "forward_backward")
 # GEMM-equivalents per mode: forward = 1 (h W^T); forward+backward with exact gradients =
@@ -118,3 +118,39 @@ def run_benchmark(
     for name, (n, h, v), mode in tqdm(cases, desc="linear_logprobs", disable=len(cases) < 2):
         rows.append(run_case(PROVIDERS[name], usable[name], mode, n, h, v, dtype, device, gemm[(n, h, v)], repeats))
     return rows
+
+
+def _cost_model_gpu(device_name: str) -> str | None:
+    """The cost model's name for this GPU (``H100``, ``H200``, ``A100``), or None."""
+    from fastalign.kernels.cost import GPUS
+
+    upper = device_name.upper()
+    return next((key for key in GPUS if key in upper), None)
+
+
+def add_comparisons(records: list[dict], device_name: str) -> list[dict]:
+    """Add, per row, time and peak memory relative to ``naive`` on the same shape and mode
+    (``time_vs_naive``, ``memory_vs_naive``), and for fastalign on a modeled GPU the cost
+    model's prediction (``predicted_ms``) and ``measured_over_predicted``."""
+    from fastalign.kernels.cost import predict
+
+    naive = {(r["mode"], r["n"], r["h"], r["v"]): r for r in records
+             if r["provider"] == "naive" and r["status"] == "ok"}
+    gpu = _cost_model_gpu(device_name)
+    elem = {"bfloat16": 2, "float16": 2, "float32": 4}
+    for r in records:
+        r["time_vs_naive"] = r["memory_vs_naive"] = None
+        r["predicted_ms"] = r["measured_over_predicted"] = None
+        if r["status"] != "ok":
+            continue
+        base = naive.get((r["mode"], r["n"], r["h"], r["v"]))
+        if base is not None:
+            r["time_vs_naive"] = r["median_ms"] / base["median_ms"]
+            if base["peak_mem_mb"]:
+                r["memory_vs_naive"] = r["peak_mem_mb"] / base["peak_mem_mb"]
+        if r["provider"] == "fastalign" and gpu is not None and r["dtype"] in elem:
+            mode = "forward" if r["mode"] == "forward" else "train"
+            predicted = predict(r["n"], r["h"], r["v"], dtype_bytes=elem[r["dtype"]], mode=mode, gpu=gpu)
+            r["predicted_ms"] = predicted.predicted_ms
+            r["measured_over_predicted"] = r["median_ms"] / predicted.predicted_ms
+    return records

@@ -81,6 +81,12 @@ PROVIDERS = {
     "fastalign": Provider(
         "fastalign", lambda: lambda h, w, t: linear_logprobs(h, w, t, impl="triton"), _triton_needs
     ),
+    # The minimum-memory backward (one fused kernel, no [rows, V] buffer).
+    "fastalign_fused": Provider(
+        "fastalign_fused",
+        lambda: lambda h, w, t: linear_logprobs(h, w, t, impl="triton", backward="fused"),
+        _triton_needs,
+    ),
     "liger": Provider("liger", _liger, _needs_cuda_and("liger_kernel")),
     "cut_cross_entropy": Provider("cut_cross_entropy", _cut_cross_entropy, _needs_cuda_and("cut_cross_entropy")),
 }

@@ -115,3 +115,27 @@ def test_gate_catches_spills():
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "spill instructions" in proc.stdout, proc.stdout
+
+
+def test_specialization_matches_the_jit():
+    """aot.specialize marks integers exactly as the installed Triton's JIT does (1 -> constant,
+    multiples of 16 -> divisibility), so the gate compiles the variants that really run."""
+    jit = pytest.importorskip("triton.runtime.jit")
+    native = getattr(jit, "native_specialize_impl", None)
+    if native is None:
+        pytest.skip("this triton has no native_specialize_impl")
+    from triton.backends.compiler import BaseBackend
+
+    from fastalign.kernels import aot
+    from tests.kernels.bad_global_kernel import LAUNCH
+
+    for value in (1, 2, 16, 48, 4096, 128256, 2**31 + 16, -32):
+        launch = LAUNCH.__class__(**{**LAUNCH.__dict__, "scalars": {"n": value}})
+        signature, constexprs, attrs = aot.specialize(launch, None)
+        kind, attr = native(BaseBackend, value, False, True, True)
+        index = 2  # (x_ptr, y_ptr, n, BLOCK)
+        if kind == "constexpr":
+            assert signature["n"] == "constexpr" and constexprs["n"] == value
+        else:
+            assert signature["n"] == kind, value
+            assert ((index,) in attrs) == ("D" in attr), value
