@@ -281,7 +281,11 @@ def load_preference_data(
         source: ``Dataset``, ``DatasetDict`` (``split`` picked), list of dicts, ``.jsonl`` /
             ``.json`` / ``.parquet`` file, folder, or a Hub name (only for non-paths).
         format: ``"auto"`` (from column names/types) or one of ``PREFERENCE_FORMATS``.
-        tokenizer: renders ``conversational`` rows with its chat template (required for them).
+        tokenizer: renders ``conversational`` rows with its chat template (required for them):
+            the prompt is the rendering of the prompt messages with the generation prompt, each
+            answer the rest of the rendering of prompt + answer, with the template's own end of
+            turn (tokenization adds no second one; see ``fastalign.data.encoding``). A template
+            that does not render the prompt as a prefix of prompt + answer makes the row malformed.
         on_error: a malformed row: ``"raise"`` (``ValueError`` naming row and field) or
             ``"skip"`` (dropped, counted; see ``loading_stats``).
         max_pairs_per_prompt: ``ranked`` only: keep the first this-many pairs per prompt (best
@@ -319,7 +323,9 @@ def load_sft_data(
     """Load SFT data as a ``Dataset`` with string columns ``prompt``, ``completion``.
 
     ``messages`` rows give one example per assistant turn (prompt = rendered history before
-    it), so the loss covers assistant text only. Other arguments as in ``load_preference_data``.
+    it with the generation prompt, completion = the rest of the rendering up to and including
+    that turn), so the loss covers assistant text only; ``conversational`` rows are rendered
+    as in ``load_preference_data``. Other arguments as in ``load_preference_data``.
     """
     _check_arguments(format, SFT_FORMATS, on_error)
     dataset = resolve_source(source, split)

@@ -127,9 +127,10 @@ def test_mutation_twins_fail(flavor, monkeypatch):
 def test_template_not_prefix_names_the_row():
     # Qwen3-style: the generation prompt opens an empty thought block that a rendered answer lacks.
     tokenizer = chat_tokenizer("chatml")
+    generation_prompt = "{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    assert generation_prompt in tokenizer.chat_template
     tokenizer.chat_template = tokenizer.chat_template.replace(
-        "{{- '<|im_start|>assistant\\n' -}}{%- endif -%}", "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' -}}"
-        "{%- endif -%}")
+        generation_prompt, "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}")
     with pytest.raises(ValueError, match=r"row 0: field 'chosen': the chat template does not render the prompt as a "
                                          r"prefix.*goes on '<think>"):
         load_preference_data(PAIRS, tokenizer=tokenizer)
@@ -166,3 +167,13 @@ def test_explicit_prerendered_answers_get_no_second_end_token():
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert row["chosen_ids"].count(end) == 1 and row["chosen_ids"][-2:] == [end, tokenizer("\n")["input_ids"][0]]
     assert row["rejected_ids"][-1] == end and row["rejected_ids"].count(end) == 1
+
+
+def test_joint_prompt_merged_away_names_the_row():
+    # A one-token prompt that merges into the answer leaves no prompt token under "joint".
+    tokenizer = chat_tokenizer("chatml")
+    data = Dataset.from_list([{"prompt": "Why not?", "chosen": " Yes.", "rejected": " No."},
+                              {"prompt": "?", "chosen": '"Closed."', "rejected": '"Open."'}])
+    with pytest.raises(ValueError, match=r"row 1: 'prompt' tokenizes to no tokens \(boundary='joint'"):
+        tokenize_preference_data(data, tokenizer)
+    assert tokenize_preference_data(data, tokenizer, boundary="separate")[1]["prompt_ids"] == tokenizer("?")["input_ids"]

@@ -17,7 +17,12 @@ trl = pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from fastalign.data import load_preference_data, load_sft_data, tokenize_preference_data, tokenize_sft_data  # noqa: E402
+from fastalign.data import (  # noqa: E402
+    load_preference_data,
+    load_sft_data,
+    tokenize_preference_data,
+    tokenize_sft_data,
+)
 from fastalign.data.encoding import RowEncoder  # noqa: E402
 from fastalign.integrations.trl import DPOTrainer as FastDPOTrainer  # noqa: E402
 from fastalign.train.data_glue import preference_token_lists  # noqa: E402
