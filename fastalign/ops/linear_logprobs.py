@@ -9,6 +9,7 @@ formula, so ``torch.compile(fullgraph=True)`` traces through calls without graph
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -54,6 +55,16 @@ _GRAD_NAMES = ("logprobs", "entropy", "lse", "logit_sum")
 
 def _output_dtype(dtype: torch.dtype) -> torch.dtype:
     return accumulation_dtype(dtype)
+
+
+def default_backward() -> str:
+    """What ``backward="auto"`` means for this call: ``$FASTALIGN_BACKWARD`` when set (so a
+    whole program, e.g. one built on the fused loss layers, can switch to the
+    minimum-memory backward without code changes), else ``"auto"``."""
+    value = os.environ.get("FASTALIGN_BACKWARD", "auto") or "auto"
+    if value not in BACKWARD_MODES:
+        raise ValueError(f"FASTALIGN_BACKWARD must be one of {BACKWARD_MODES}, got {value!r}")
+    return value
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -337,6 +348,8 @@ def linear_logprob_stats(
         raise ValueError(f"deterministic must be a bool, got {deterministic!r}")
     if backward not in BACKWARD_MODES:
         raise ValueError(f"backward must be one of {BACKWARD_MODES}, got {backward!r}")
+    if backward == "auto":
+        backward = default_backward()
     if (isinstance(backward_memory_budget, bool) or not isinstance(backward_memory_budget, int)
             or backward_memory_budget < 0):
         raise ValueError(
@@ -392,7 +405,8 @@ def linear_logprobs(
         backward: Triton backward mode. ``"chunked"``: per chunk of rows a kernel writes the
             logits gradient and cuBLAS computes dH and dW (4 GEMMs in all, the fastest);
             ``"fused"``: one kernel does recompute, dH and dW (no ``[rows, V]`` buffer, slower);
-            ``"auto"``: chunked unless the budget cannot hold a 128-row chunk.
+            ``"auto"``: chunked unless the budget cannot hold a 128-row chunk, or what the
+            environment variable ``FASTALIGN_BACKWARD`` says.
         backward_memory_budget: bytes the chunked backward may use for its logits-gradient
             buffer (default 1 GiB; the weight gradient is accumulated in an extra fp32
             ``[V, H]`` buffer in both modes).

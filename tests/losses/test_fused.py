@@ -19,7 +19,7 @@ from fastalign import (
 from fastalign.losses import LOSS_TYPES, cpo_loss, dpo_loss, grpo_loss, kto_loss, orpo_loss, simpo_loss
 from fastalign.testing import assert_close_to_oracle
 
-IMPLS = ["torch", "triton"]
+IMPLS = ["torch", "triton", "triton-fused"]  # triton-fused: FASTALIGN_BACKWARD=fused
 PAIRS, T, H, V = 3, 7, 16, 300
 
 
@@ -70,9 +70,17 @@ def compare(fused_fn, unfused_fn, inputs, *, dtype=torch.float32, what="loss"):
         assert_close_to_oracle(a, o, b, dtype=dtype, kind="grad", what=f"d{name}")
 
 
+def layer_impl(impl: str) -> str:
+    return "triton" if impl == "triton-fused" else impl
+
+
 @pytest.fixture
-def device(kernel_device, request):
-    return kernel_device if request.node.callspec.params.get("impl") == "triton" else torch.device("cpu")
+def device(kernel_device, request, monkeypatch):
+    impl = request.node.callspec.params.get("impl", "")
+    if impl == "triton-fused":
+        # The layers take impl= only; the backward mode comes from the environment.
+        monkeypatch.setenv("FASTALIGN_BACKWARD", "fused")
+    return kernel_device if impl.startswith("triton") else torch.device("cpu")
 
 
 def _dpo_unfused(loss_type, **kw):
@@ -92,7 +100,7 @@ def _dpo_unfused(loss_type, **kw):
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "apo_zero", "sft"])
 def test_dpo_layer_matches_composition(impl, loss_type, device):
     inputs = make_inputs(device)
-    layer = FusedLinearDPOLoss(beta=0.5, alpha=0.3, compute_nll_loss=True, loss_type=loss_type, impl=impl)
+    layer = FusedLinearDPOLoss(beta=0.5, alpha=0.3, compute_nll_loss=True, loss_type=loss_type, impl=layer_impl(impl))
 
     def fused(hidden, weight, bias, target, ref_hidden, ref_weight):
         return layer(weight, hidden, target, bias, ref_hidden, ref_weight)[0]
@@ -121,8 +129,8 @@ def test_reference_free_layers_match_composition(impl, device):
             return orpo_loss(s[:PAIRS], s[PAIRS:], c, r, beta=0.1).loss
         return run
 
-    layers = dict(simpo=FusedLinearSimPOLoss(impl=impl), cpo=FusedLinearCPOLoss(impl=impl),
-                  orpo=FusedLinearORPOLoss(impl=impl))
+    layers = dict(simpo=FusedLinearSimPOLoss(impl=layer_impl(impl)), cpo=FusedLinearCPOLoss(impl=layer_impl(impl)),
+                  orpo=FusedLinearORPOLoss(impl=layer_impl(impl)))
     for kind, layer in layers.items():
         compare(lambda hidden, weight, bias, target, **_: layer(weight, hidden, target, bias)[0],
                 unfused(kind), inputs, what=kind)
@@ -132,7 +140,7 @@ def test_reference_free_layers_match_composition(impl, device):
 def test_kto_layer_matches_composition(impl, device):
     inputs = make_inputs(device, seed=2)
     labels = torch.tensor([True, False, True, True, False, False], device=device)
-    layer = FusedLinearKTOLoss(beta=0.2, use_ref_model=True, impl=impl)
+    layer = FusedLinearKTOLoss(beta=0.2, use_ref_model=True, impl=layer_impl(impl))
 
     def fused(hidden, weight, bias, target, ref_hidden, ref_weight):
         return layer(hidden, weight, target, bias, labels, ref_hidden, ref_weight, None, kl=0.05)[0]
@@ -156,7 +164,7 @@ def test_grpo_layer_matches_composition(impl, device):
     advantages = torch.randn(2 * PAIRS, generator=gen).to(device)
     old = (-torch.rand(target.shape, generator=gen) * 6).to(device)
     ref = (-torch.rand(target.shape, generator=gen) * 6).to(device)
-    layer = FusedLinearGRPOLoss(beta=0.04, loss_type="grpo", temperature=0.8, impl=impl)
+    layer = FusedLinearGRPOLoss(beta=0.04, loss_type="grpo", temperature=0.8, impl=layer_impl(impl))
 
     def fused(hidden, weight, bias, target, **_):
         return layer(hidden, weight, tokens, mask, advantages, bias, ref_per_token_logps=ref,
@@ -194,8 +202,8 @@ def test_all_ignored_answer_is_finite(impl, device):
     inputs["target"][PAIRS + 1] = -100  # a rejected answer empty
     hidden = inputs["hidden"].clone().requires_grad_()
     weight = inputs["weight"].clone().requires_grad_()
-    for layer in (FusedLinearDPOLoss(loss_type=["sigmoid", "ipo", "sft"], impl=impl),
-                  FusedLinearSimPOLoss(impl=impl), FusedLinearCPOLoss(impl=impl)):
+    for layer in (FusedLinearDPOLoss(loss_type=["sigmoid", "ipo", "sft"], impl=layer_impl(impl)),
+                  FusedLinearSimPOLoss(impl=layer_impl(impl)), FusedLinearCPOLoss(impl=layer_impl(impl))):
         if isinstance(layer, FusedLinearDPOLoss):
             loss = layer(weight, hidden, inputs["target"], None, inputs["ref_hidden"], inputs["ref_weight"])[0]
         else:
@@ -205,7 +213,7 @@ def test_all_ignored_answer_is_finite(impl, device):
         assert grads[0][0].abs().sum() == 0  # the empty answer's hidden states get no gradient
     # ORPO's odds of an empty answer are infinite: a clear error, as documented.
     with pytest.raises(ValueError, match=r"chosen_lengths\[0\] is 0"):
-        FusedLinearORPOLoss(impl=impl)(weight, hidden, inputs["target"])
+        FusedLinearORPOLoss(impl=layer_impl(impl))(weight, hidden, inputs["target"])
 
 
 def test_precomputed_reference_equals_reference_model():

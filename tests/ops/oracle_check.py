@@ -89,6 +89,10 @@ def evaluate(fn, case: Case, outputs=OUTPUTS):
 
 
 def op_fn(impl: str, **extra):
+    """The op under test; ``impl="triton-fused"`` is Triton with the minimum-memory backward."""
+    if impl == "triton-fused":
+        impl, extra = "triton", {"backward": "fused", **extra}
+
     def run(hidden, weight, targets, bias, options):
         return linear_logprob_stats(
             hidden, weight, targets, bias=bias, with_entropy=True, with_logit_sum=True,

@@ -102,12 +102,16 @@ def test_deterministic_flag_through_the_op(kernel_device):
         assert_matches_oracle(case, "triton", deterministic=True, op_options={"softcap": None})
 
 
+# The interpreter's vocab tile (kernels/autotune.py): filtering skips whole tiles.
+_TILE = 256
+
+
 def _peaked_case(device):
     """Peaked rows (as in a trained LM): most vocab tiles carry probability far below 1e-6."""
     case = make_case(32, 32, 1000, device=device, logit_scale=1.0, seed=4)
     case.weight = case.weight.clone()
-    case.weight[:128] *= 40.0  # only the first tile holds real mass
-    case.targets = torch.randint(0, 128, (32,), generator=torch.Generator().manual_seed(1)).to(device)
+    case.weight[:_TILE] *= 40.0  # only the first tile holds real mass
+    case.targets = torch.randint(0, _TILE, (32,), generator=torch.Generator().manual_seed(1)).to(device)
     return case
 
 
@@ -126,8 +130,8 @@ def test_gradient_filtering_tradeoff(kernel_device):
     peaked = _peaked_case(kernel_device)
     exact = _filter_grads(peaked, None)
     filtered = _filter_grads(peaked, 1e-7)
-    assert exact[1][128:].abs().max() > 0
-    assert torch.equal(filtered[1][128:], torch.zeros_like(filtered[1][128:]))
+    assert exact[1][_TILE:].abs().max() > 0
+    assert torch.equal(filtered[1][_TILE:], torch.zeros_like(filtered[1][_TILE:]))
     assert relative_error(filtered[0], exact[0]) < 1e-3
     assert relative_error(filtered[1], exact[1]) < 1e-3
 
@@ -200,3 +204,26 @@ def test_backward_mode_choice_and_budget_errors():
         linear_logprob_stats(hidden, weight, targets, backward="fast")
     with pytest.raises(ValueError, match="backward_memory_budget"):
         linear_logprob_stats(hidden, weight, targets, backward_memory_budget=-1)
+
+
+@pytest.mark.parametrize("env,expected", [(None, "chunked"), ("fused", "fused"), ("chunked", "chunked")])
+def test_environment_picks_the_auto_backward(kernel_device, monkeypatch, env, expected):
+    """FASTALIGN_BACKWARD decides what backward="auto" runs (the fused loss layers rely on it)."""
+    import fastalign.ops.linear_logprobs_triton as launcher
+
+    if env is None:
+        monkeypatch.delenv("FASTALIGN_BACKWARD", raising=False)
+    else:
+        monkeypatch.setenv("FASTALIGN_BACKWARD", env)
+    seen = []
+    for name in ("chunked", "fused"):
+        original = getattr(launcher, f"_{name}_backward")
+        monkeypatch.setattr(launcher, f"_{name}_backward",
+                            lambda *a, _n=name, _f=original, **k: seen.append(_n) or _f(*a, **k))
+    case = make_case(9, 16, 500, device=kernel_device)
+    hidden = case.hidden.clone().requires_grad_()
+    linear_logprob_stats(hidden, case.weight, case.targets, impl="triton").logprobs.sum().backward()
+    assert seen == [expected]
+    monkeypatch.setenv("FASTALIGN_BACKWARD", "fastest")
+    with pytest.raises(ValueError, match="FASTALIGN_BACKWARD"):
+        linear_logprob_stats(hidden, case.weight, case.targets, impl="triton")
