@@ -18,6 +18,7 @@ import contextlib
 import math
 import random
 import resource
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -106,7 +107,8 @@ class Trainer(Checkpointing):
         self.step, self.epoch, self.position = 0, 0, 0
         self.history: list[dict[str, Any]] = []
         self._nonfinite: str | None = None  # the first non-finite quantity of the current step
-        self._saved_step: int | None = None
+        self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed
+        self._saved_path: Path | None = None
         self._saved_at = time.monotonic()
 
     def fit_to_world(self, config: TrainConfig, world: int, *, main: bool) -> TrainConfig:
@@ -256,9 +258,8 @@ class Trainer(Checkpointing):
                         raise TrainingInterrupted(signum, self.step, self.save_checkpoint())
                 if self._saved_step != self.step:
                     self.save_checkpoint()
-                if signals.received is not None:  # arrived during the last step: the run is complete
-                    raise TrainingInterrupted(signals.received, self.step, self.save_checkpoint()
-                                              if self._saved_step != self.step else None)
+                if signals.received is not None:  # arrived after the last step: the run is complete
+                    raise TrainingInterrupted(signals.received, self.step, self._saved_path)
         finally:
             bar.close()
         return self.history
@@ -302,17 +303,16 @@ class Trainer(Checkpointing):
             entry["skipped"] = quantity
             self._log(entry)
             notice(guard.skipped_step(self.step, quantity), main=self.dist.is_main)  # raises to stop
-            bar.update(1)
-            return 0
-        if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
-            entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
-            self.policy.train()
-        if self.step % config.log_every == 0 or self.step == config.max_steps:
-            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
-        self._log(entry)
+        else:
+            if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
+                entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                self.policy.train()
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
+            self._log(entry)
         bar.update(1)
         if signalled:  # another rank may have got it first (torchrun forwards SIGTERM)
-            return signals.received or 15
+            return signals.received or signal.SIGTERM
         if (config.save_every and self.step % config.save_every == 0) or due:
             self.save_checkpoint()
         return 0

@@ -69,7 +69,7 @@ class Checkpointing:
                                            rank_state=self.rank_state())
         else:
             path = save_checkpoint(self.output_dir, self.step, self.state(), keep_last=self.config.keep_last)
-        self._saved_step, self._saved_at = self.step, time.monotonic()
+        self._saved_step, self._saved_path, self._saved_at = self.step, path, time.monotonic()
         return path
 
     def resume(self) -> bool:
@@ -104,7 +104,8 @@ class Checkpointing:
             group["lr"] = group["initial_lr"] * multiplier
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self._rewrite_metrics()
-        self._saved_step = self.step  # that checkpoint exists: the end of a finished run need not re-save it
+        # That checkpoint exists: the end of a finished run need not write it again.
+        self._saved_step, self._saved_path = self.step, path
         notice(f"resuming from step {self.step} of {self.config.max_steps} ({path})", main=self.dist.is_main)
         return True
 
@@ -124,7 +125,7 @@ class Checkpointing:
             for line in recover(self.output_dir):
                 notice(f"{self.output_dir}: {line}")
         distributed.barrier(self.dist)
-        self._saved_step, self._saved_at = None, time.monotonic()
+        self._saved_step, self._saved_path, self._saved_at = None, None, time.monotonic()
         if resume and self.resume():
             return
         if resume:

@@ -152,3 +152,24 @@ def test_a_full_disk_through_the_cli_exits_1_with_one_line(tmp_path, monkeypatch
     err = stderr_lines(capsys)
     assert len(err) == 1 and err[0].startswith("error: no space left on device while writing")
     assert f"{tmp_path / 'checkpoints' / 'step-00000001'}, is intact" in err[0]
+
+
+def test_a_signal_after_the_last_step_still_names_the_final_checkpoint(tmp_path, monkeypatch):
+    from fastalign.train import DPOConfig, DPOTrainer, TrainingInterrupted
+    from tests.models.tiny_models import tiny_model
+    from tests.train.test_reference_and_resume import random_pairs
+
+    trainer = DPOTrainer(tiny_model("llama"), None, random_pairs(8),
+                         DPOConfig(output_dir=str(tmp_path), max_steps=2, token_budget=48, progress=False))
+    log = trainer._log
+
+    def log_then_signal(entry):  # after the step's all-reduce: only the end of the loop can see it
+        log(entry)
+        if entry["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(trainer, "_log", log_then_signal)
+    with pytest.raises(TrainingInterrupted) as caught:
+        trainer.train()
+    assert caught.value.exit_code == 130 and caught.value.checkpoint == tmp_path / "checkpoints" / "step-00000002"
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-00000002"]
