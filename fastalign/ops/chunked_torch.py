@@ -61,26 +61,52 @@ class _HiddenRows:
         return self.hidden[torch.unravel_index(rows, self.lead_shape)]
 
 
+class _Workspace:
+    """Chunk buffers reused across chunks: fresh ``[rows, V]`` allocations per chunk cost page
+    faults and zeroing on CPU (large blocks come from mmap), buffers written with ``out=``
+    do not. ``logits`` always exists; the others are made on first use."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device):
+        self.shape, self.dtype, self.device = (rows, vocab), dtype, device
+        self.logits = torch.empty(self.shape, dtype=dtype, device=device)
+        self._extra: dict[str, torch.Tensor] = {}
+
+    def extra(self, name: str, rows: int) -> torch.Tensor:
+        if name not in self._extra:
+            self._extra[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self._extra[name][:rows]
+
+
 def _sampled_logits(
     hidden_rows: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     temperature: float,
     softcap: float | None,
+    work: _Workspace,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``z = cap(h W^T + b) / T`` in the accumulation dtype (a fresh buffer), and
-    ``tanh(l / cap)`` (a second buffer) when soft-capped."""
-    acc = accumulation_dtype(hidden_rows.dtype)
-    logits = F.linear(hidden_rows, weight, bias)
-    if logits.dtype != acc:
-        logits = logits.to(acc)
+    """``z = cap(h W^T + b) / T`` in the accumulation dtype, written into the workspace, and
+    ``tanh(l / cap)`` (a second workspace buffer) when soft-capped."""
+    rows = hidden_rows.shape[0]
+    logits = work.logits[:rows]
+    if hidden_rows.dtype == logits.dtype:
+        if bias is None:
+            torch.mm(hidden_rows, weight.t(), out=logits)
+        else:
+            torch.addmm(bias, hidden_rows, weight.t(), out=logits)
+    else:  # half inputs: the GEMM runs in their dtype, as F.linear would
+        logits.copy_(F.linear(hidden_rows, weight, bias))
     capped = None
     if softcap is not None:
-        capped = logits.div_(softcap).tanh_()
-        logits = capped * (softcap / temperature)
+        capped = torch.div(logits, softcap, out=work.extra("capped", rows)).tanh_()
+        torch.mul(capped, softcap / temperature, out=logits)
     elif temperature != 1.0:
         logits.div_(temperature)
     return logits, capped
+
+
+def _workspace(n_scored: int, weight: torch.Tensor, acc: torch.dtype) -> _Workspace:
+    return _Workspace(min(n_scored, chunk_rows(weight.shape[0])), weight.shape[0], acc, weight.device)
 
 
 def _scored_rows(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -111,8 +137,10 @@ def torch_forward(
     logit_sum = torch.zeros(n_rows, **zeros) if with_logit_sum else None
     max_logit = torch.zeros(n_rows, **zeros) if with_max_logit else None
     read_rows = _HiddenRows(hidden)
-    for rows in _scored_rows(targets, ignore_index).split(chunk_rows(weight.shape[0])):
-        z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap)
+    scored = _scored_rows(targets, ignore_index)
+    work = _workspace(scored.numel(), weight, acc)
+    for rows in scored.split(chunk_rows(weight.shape[0])):
+        z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap, work)
         row_max = z.amax(dim=1)
         if with_logit_sum:
             logit_sum[rows] = z.sum(dim=1)
@@ -121,13 +149,12 @@ def torch_forward(
         target = z.gather(1, flat_targets[rows].long()[:, None]).squeeze(1) - row_max
         centered = z.sub_(row_max[:, None])  # z - m, in place
         if with_entropy:
-            weights = torch.exp(centered)
+            weights = torch.exp(centered, out=work.extra("weights", rows.numel()))
             total = weights.sum(dim=1)
             # sum p * (z - m) with 0 * (-inf) = 0 for masked entries (-inf logits).
             moment = weights.mul_(centered).nan_to_num_(nan=0.0).sum(dim=1)
             log_total = total.log()
             entropy[rows] = log_total - moment / total
-            del weights
         else:
             log_total = centered.exp_().sum(dim=1).log_()
         logprobs[rows] = target - log_total
@@ -143,8 +170,9 @@ def _logits_grad(
     entropy: torch.Tensor | None,
     upstream: dict[str, torch.Tensor | None],
     temperature: float,
+    prob_buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """In place on ``z``: the gradient w.r.t. the raw logits of one chunk (see kernels' math).
+    """In place on ``z`` (``prob_buffer``: scratch for the entropy term): the gradient w.r.t. the raw logits of one chunk (see kernels' math).
 
     ``g = a [j == t] + u - p (a - c + e (z - sum p z))``, divided by T and chained through
     the soft-cap; ``z - sum p z = log p + H``. Returns ``z``'s storage.
@@ -159,13 +187,12 @@ def _logits_grad(
         coef -= d_lse
     log_p = z.sub_(lse[:, None])
     if d_ent is not None:
-        prob = torch.exp(log_p)
+        prob = torch.exp(log_p, out=prob_buffer) if prob_buffer is not None else torch.exp(log_p)
         # (log p + H) * e + coef, times -p / T. Below 2 log(tiny), p is exactly 0 in this
         # dtype: clamping there keeps masked entries (log p = -inf) finite, so they give 0.
         floor = 2.0 * math.log(torch.finfo(z.dtype).tiny)
         grad = log_p.clamp_(min=floor).add_(entropy[:, None]).mul_(d_ent[:, None])
         grad = grad.add_(coef[:, None]).mul_(prob).mul_(-inv_t)
-        del prob
     else:
         grad = log_p.exp_().mul_((-inv_t) * coef[:, None])
     if d_logp is not None:
@@ -208,14 +235,16 @@ def torch_backward(
     names = ("logprobs", "lse", "entropy", "logit_sum")
     weight_acc = weight if weight.dtype == acc else None
     read_rows = _HiddenRows(hidden)
-    for rows in _scored_rows(targets, ignore_index).split(chunk_rows(vocab)):
+    scored = _scored_rows(targets, ignore_index)
+    work = _workspace(scored.numel(), weight, acc)
+    for rows in scored.split(chunk_rows(vocab)):
         h = read_rows(rows)
-        z, capped = _sampled_logits(h, weight, bias, temperature, softcap)
+        z, capped = _sampled_logits(h, weight, bias, temperature, softcap, work)
         upstream = {k: grads[k][rows].to(acc) if grads.get(k) is not None else None for k in names}
         row_entropy = entropy[rows].to(acc) if entropy is not None else None
+        prob_buffer = work.extra("prob", rows.numel()) if upstream["entropy"] is not None else None
         grad = _logits_grad(z, capped, flat_targets[rows].long(), lse[rows].to(acc), row_entropy,
-                            upstream, temperature)
-        del capped
+                            upstream, temperature, prob_buffer)
         if grad_hidden_flat is not None:
             if weight_acc is None:
                 weight_acc = weight.to(acc)
@@ -249,7 +278,9 @@ def torch_log_sum_sq_probs(
     acc = accumulation_dtype(hidden.dtype)
     out = torch.zeros(targets.numel(), dtype=acc, device=hidden.device)
     read_rows = _HiddenRows(hidden)
-    for rows in _scored_rows(targets, ignore_index).split(chunk_rows(weight.shape[0])):
-        z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap)
+    scored = _scored_rows(targets, ignore_index)
+    work = _workspace(scored.numel(), weight, acc)
+    for rows in scored.split(chunk_rows(weight.shape[0])):
+        z, _ = _sampled_logits(read_rows(rows), weight, bias, temperature, softcap, work)
         out[rows] = torch.logsumexp(2 * z, dim=1) - 2 * torch.logsumexp(z, dim=1)
     return out.view(targets.shape)
