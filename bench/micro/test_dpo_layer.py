@@ -1,0 +1,31 @@
+"""One DPO step of the head: policy forward+backward plus the reference forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastalign.bench.micro import record_benchmark
+from fastalign.bench.dpo_layer import PROVIDERS, make_batch
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
+def test_dpo_layer(benchmark, device, provider):
+    build, needs = PROVIDERS[provider]
+    reason = needs(device)
+    if reason is not None:
+        pytest.skip(reason)
+    if provider == "liger" and device.type != "cuda":
+        pytest.skip("Liger's chunked DPO loss is a GPU comparison")
+    step_fn = build(device)
+    pairs, seq, h, v, dtype = (4, 1024, 4096, 128256, torch.bfloat16) if device.type == "cuda" else (2, 128, 128, 8192, torch.float32)
+    weight, hidden, target, ref_hidden, ref_weight = make_batch(pairs, seq, h, v, dtype, device)
+    weight.requires_grad_()
+    hidden.requires_grad_()
+
+    def step():
+        weight.grad = hidden.grad = None
+        step_fn(weight, hidden, target, ref_hidden, ref_weight).backward()
+
+    record_benchmark(benchmark, step, device, tokens=2 * pairs * seq, pairs=pairs, seq=seq, h=h, v=v,
+           dtype=str(dtype).removeprefix("torch."))
