@@ -15,6 +15,7 @@ checkpoints go through ``torch.distributed.checkpoint``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import resource
@@ -133,6 +134,18 @@ class Trainer(Checkpointing):
         scale = self.dist.world_size if self.dist.enabled else 1  # DDP / FSDP2 average over ranks
         with distributed.gradient_sync(self.train_module, self.dist, last):
             (loss * scale).backward()
+
+    def close(self) -> None:
+        """Leave the process group of a distributed run (no-op in a single process). DDP's
+        reducer holds the group: freed last, at interpreter exit with the GIL held, the group's
+        destructor waits for gloo's worker threads while they wait for the GIL (a hang), so the
+        DDP wrapper is released first and the group is destroyed while the reducer is gone."""
+        if not self.dist.enabled:
+            return
+        self.train_module = self.policy  # drops the DDP wrapper (FSDP2 shards the policy in place)
+        gc.collect()  # DDP's hooks form reference cycles
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     def global_sum(self, *values: float) -> list[float]:
         """Sums over ranks (the values themselves in a single process)."""

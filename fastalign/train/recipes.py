@@ -124,17 +124,15 @@ def run_training(kind: str, *, model: str, data: str, config: dict[str, Any], ev
         trainer = trainer_class(network, tokenizer, train, train_config, reward_fn=rewards, eval_data=held_out)
     else:
         trainer = trainer_class(network, tokenizer, train, train_config, eval_data=held_out)
-    trainer.train(resume=resume, overwrite=overwrite)
-    if held_out is not None:
-        results = trainer.evaluate()  # every rank takes part (FSDP2 gathers weights)
-        if trainer.dist.is_main:
-            print({f"eval/{k}": round(v, 4) for k, v in results.items()})
-    path = trainer.save_model()
-    if trainer.dist.enabled:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    return path
+    try:
+        trainer.train(resume=resume, overwrite=overwrite)
+        if held_out is not None:
+            results = trainer.evaluate()  # every rank takes part (FSDP2 gathers weights)
+            if trainer.dist.is_main:
+                print({f"eval/{k}": round(v, 4) for k, v in results.items()})
+        return trainer.save_model()
+    finally:
+        trainer.close()  # leaves the process group of a distributed run, also when training failed
 
 
 def run_eval(*, model: str, baseline: str | None, data: str, reference: str | None = None, beta: float = 0.1,

@@ -44,8 +44,7 @@ def main(argv: list[str]) -> None:
         def save_then_stop():
             path = save()
             if trainer.step >= stop_after:
-                if trainer.dist.enabled:
-                    torch.distributed.destroy_process_group()
+                trainer.close()
                 raise SystemExit(0)
             return path
 
@@ -60,8 +59,7 @@ def finish(trainer, history: list[dict], out: str) -> None:
     """Rank 0 writes OUT/history.json; every rank leaves the process group."""
     if trainer.dist.is_main:
         (Path(out) / "history.json").write_text(json.dumps(history))
-    if trainer.dist.enabled:
-        torch.distributed.destroy_process_group()
+    trainer.close()
 
 
 if __name__ == "__main__":
