@@ -12,6 +12,7 @@ from fastalign.attention.registry import (
     register_backends,
     select_backend,
 )
+from fastalign.attention.ulysses import SequenceParallelGroup
 
 __all__ = [
     "BACKENDS",
@@ -20,6 +21,7 @@ __all__ = [
     "Backend",
     "ModelRequirements",
     "PackedAttention",
+    "SequenceParallelGroup",
     "is_packed_backend",
     "packed_forward",
     "register_backends",

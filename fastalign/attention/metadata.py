@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fastalign.attention.ulysses import SequenceParallelGroup
 from fastalign.packing.batch import PROMPT, PackedBatch
 
 
@@ -23,6 +24,10 @@ class PackedAttention:
     ``group_ids``, ``segment_ids``, ``positions``: ``[T]``; ``cu_seqlens_q/k`` int32 ``[S+1]``,
     ``kv_index`` int64 ``[K]`` for varlen kernels. ``calls`` counts attention-layer invocations
     so the caller can prove every layer went through a packed-aware backend.
+
+    ``sequence_parallel``: the group sharing the row when it is split over ranks (Ulysses);
+    the layers then see only ``local_tokens`` of the ``num_tokens`` (all tensors here describe
+    the whole row, which attention sees after its all-to-all).
     """
 
     group_ids: torch.Tensor
@@ -33,11 +38,16 @@ class PackedAttention:
     kv_index: torch.Tensor
     max_seqlen_q: int
     max_seqlen_k: int
+    sequence_parallel: SequenceParallelGroup | None = None
     calls: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_batch(cls, batch: PackedBatch) -> PackedAttention:
+    def from_batch(cls, batch: PackedBatch, sequence_parallel: SequenceParallelGroup | None = None) -> PackedAttention:
+        """Metadata of ``batch`` (its length must divide by the group size under sequence parallelism)."""
+        if sequence_parallel is not None and batch.num_tokens % sequence_parallel.size:
+            raise ValueError(f"a row of {batch.num_tokens} tokens cannot be split over {sequence_parallel.size} "
+                             "ranks; pad it with fastalign.packing.pad_to_multiple first")
         return cls(
             group_ids=batch.group_ids,
             segment_ids=batch.segment_ids,
@@ -47,11 +57,17 @@ class PackedAttention:
             kv_index=batch.kv_index,
             max_seqlen_q=batch.max_seqlen_q,
             max_seqlen_k=batch.max_seqlen_k,
+            sequence_parallel=sequence_parallel,
         )
 
     @property
     def num_tokens(self) -> int:
         return self.group_ids.shape[0]
+
+    @property
+    def local_tokens(self) -> int:
+        """Tokens each layer call sees: the row, or this rank's slice of it."""
+        return self.num_tokens // (self.sequence_parallel.size if self.sequence_parallel else 1)
 
     def allowed(self, q: torch.Tensor, k: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
         """Elementwise rule on index tensors ``q``, ``k`` (broadcastable); bool result."""

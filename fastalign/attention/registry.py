@@ -22,7 +22,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from fastalign.attention import kernels
+from fastalign.attention import kernels, ulysses
 from fastalign.attention.metadata import PackedAttention
 
 logger = logging.getLogger("fastalign")
@@ -115,13 +115,18 @@ def _attention_function(backend: Backend) -> Callable:
             use_eager = backend.fallback == "eager" or kwargs.get("softcap") is not None
             builtin = _model_eager(module) if use_eager else ALL_ATTENTION_FUNCTIONS[backend.fallback]
             return builtin(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-        if query.shape[0] != 1 or query.shape[2] != meta.num_tokens:
-            raise ValueError(f"packed attention expects one row of {meta.num_tokens} tokens, got {tuple(query.shape)}")
+        if query.shape[0] != 1 or query.shape[2] != meta.local_tokens:
+            raise ValueError(f"packed attention expects one row of {meta.local_tokens} tokens, got {tuple(query.shape)}")
         meta.calls += 1
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
+        group = meta.sequence_parallel
+        if group is not None:  # Ulysses: own tokens x all heads -> all tokens x own heads
+            query, key, value = (ulysses.heads_to_sequence(states, group) for states in (query, key, value))
         out = backend.compute(query, key, value, meta, scaling=scaling, dropout=dropout,
                               sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"))
+        if group is not None:
+            out = ulysses.sequence_to_heads(out, group)
         return out, None
 
     attention.__name__ = f"{PREFIX}{backend.name}_attention"

@@ -1,6 +1,8 @@
-"""Model glue: the policy module (HF causal LM + fused log-prob head) and packed log-probs."""
+"""Model glue: the policy module (HF causal LM + fused log-prob head), packed log-probs, and the
+memory options of long rows (tiled MLP, offloaded checkpoints, sequence parallelism)."""
 
 from fastalign.models.checkpointing import enable_activation_checkpointing
+from fastalign.models.offload import CheckpointOffload
 from fastalign.models.policy import (
     PackedLogprobs,
     PolicyModel,
@@ -15,9 +17,11 @@ from fastalign.models.reference import (
     SeparateReference,
 )
 from fastalign.models.reward import RewardModel, RewardScores, reward_model_from_causal_lm
+from fastalign.models.tiled_mlp import set_mlp_tiling
 
 __all__ = [
     "AdapterReference",
+    "CheckpointOffload",
     "PackedLogprobs",
     "PolicyModel",
     "PrecomputedReference",
@@ -30,4 +34,5 @@ __all__ = [
     "packed_logprobs",
     "reduce_packed",
     "reward_model_from_causal_lm",
+    "set_mlp_tiling",
 ]

@@ -13,8 +13,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from fastalign.attention.ulysses import SequenceParallelGroup
 from fastalign.losses.sequence import sequence_logps
 from fastalign.models.backbone import PackedModel, causal_lm, plain_lm_head, text_config
+from fastalign.models.sequence_parallel import local_labels, sum_over_group
 from fastalign.ops import linear_logprobs
 from fastalign.packing.batch import PackedBatch
 
@@ -44,12 +46,21 @@ class PolicyModel(PackedModel):
             (Llama, Qwen2/3, Mistral, Gemma2, ...). Its attention implementation is switched
             to a fastalign backend, which behaves like the built-in one outside packed forwards.
         attention: ``"auto"`` or a backend name from ``fastalign.attention.BACKENDS``.
+        mlp_tile_tokens, offload_checkpoints: memory options (see ``PackedModel``): tile each
+            decoder layer's MLP over this many tokens; keep checkpointed layer inputs in pinned
+            host memory (CUDA, with activation checkpointing).
+        sequence_parallel: split each row over this group's ranks (Ulysses). Each rank scores
+            the labels of its slice; the per-token results are summed over the group, so every
+            rank returns the whole row's log-probs. Parameter gradients are then this rank's
+            part: sum them over the group (the trainer's DDP does).
 
     ``state_dict()`` / ``load_state_dict()`` use the keys of ``model``.
     """
 
-    def __init__(self, model: nn.Module, *, attention: str = "auto") -> None:
-        super().__init__(model, attention=attention)
+    def __init__(self, model: nn.Module, *, attention: str = "auto", mlp_tile_tokens: int | None = None,
+                 offload_checkpoints: bool = False, sequence_parallel: SequenceParallelGroup | None = None) -> None:
+        super().__init__(model, attention=attention, mlp_tile_tokens=mlp_tile_tokens,
+                         offload_checkpoints=offload_checkpoints, sequence_parallel=sequence_parallel)
         plain_lm_head(model)
         if getattr(text_config(model), "logit_scale", None) not in (None, 1.0):
             raise ValueError("models with a logit_scale on the LM head are not supported")
@@ -57,16 +68,25 @@ class PolicyModel(PackedModel):
     def forward(self, batch: PackedBatch, *, temperature: float = 1.0, return_entropy: bool = False) -> TokenLogprobs:
         """Log-probs (fp32 ``[M]``) of ``batch.targets``, and entropies when asked for."""
         hidden = self.hidden_states(batch)
-        rows = hidden.index_select(0, batch.label_index)
+        group = self.sequence_parallel
+        if group is None:
+            rows, targets = hidden.index_select(0, batch.label_index), batch.targets
+        else:
+            positions, local_rows = local_labels(batch, group, hidden.shape[0])
+            rows, targets = hidden.index_select(0, local_rows), batch.targets.index_select(0, positions)
         head = causal_lm(self.model).get_output_embeddings()
         result = linear_logprobs(
-            rows, head.weight, batch.targets, bias=head.bias, temperature=temperature,
+            rows, head.weight, targets, bias=head.bias, temperature=temperature,
             softcap=getattr(text_config(self.model), "final_logit_softcapping", None),
             return_entropy=return_entropy,
         )
-        if return_entropy:
-            return TokenLogprobs(result.logprobs, result.entropy)
-        return TokenLogprobs(result, None)
+        logprobs, entropy = (result.logprobs, result.entropy) if return_entropy else (result, None)
+        if group is not None:  # each label was scored on exactly one rank: the sum is the row's [M]
+            labels = batch.label_index.shape[0]
+            logprobs = sum_over_group(logprobs.new_zeros(labels).index_add(0, positions, logprobs), group)
+            if entropy is not None:
+                entropy = sum_over_group(entropy.new_zeros(labels).index_add(0, positions, entropy), group)
+        return TokenLogprobs(logprobs, entropy)
 
 
 def reduce_packed(batch: PackedBatch, tokens: TokenLogprobs) -> PackedLogprobs:

@@ -2,6 +2,7 @@
 
 from fastalign.packing.batch import CHOSEN, PROMPT, REJECTED, PackedBatch
 from fastalign.packing.bin_packing import first_fit_decreasing
+from fastalign.packing.padding import pad_to_multiple
 from fastalign.packing.pack import (
     PackedRows,
     PackingStats,
@@ -19,4 +20,5 @@ __all__ = [
     "first_fit_decreasing",
     "pack_completion_examples",
     "pack_preference_examples",
+    "pad_to_multiple",
 ]
