@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from fastalign.attention.ulysses import SequenceParallelGroup
 from fastalign.models.policy import PolicyModel, packed_logprobs
 from fastalign.packing.batch import PackedBatch
 
@@ -30,13 +31,19 @@ class Reference:
 
 
 class SeparateReference(Reference):
-    """A frozen deep copy of ``model`` taken at construction (the initial policy)."""
+    """A frozen deep copy of ``model`` taken at construction (the initial policy).
+
+    ``mlp_tile_tokens`` and ``sequence_parallel`` as for ``PolicyModel`` (a long row's reference
+    forward needs the same memory options as the policy's).
+    """
 
     name = "separate"
 
-    def __init__(self, model: nn.Module, *, attention: str = "auto") -> None:
+    def __init__(self, model: nn.Module, *, attention: str = "auto", mlp_tile_tokens: int | None = None,
+                 sequence_parallel: SequenceParallelGroup | None = None) -> None:
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-        self.policy = PolicyModel(frozen, attention=attention)
+        self.policy = PolicyModel(frozen, attention=attention, mlp_tile_tokens=mlp_tile_tokens,
+                                  sequence_parallel=sequence_parallel)
 
     @torch.no_grad()
     def __call__(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,9 +80,14 @@ class Trainer(Checkpointing):
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a transformers causal LM, got {type(model).__name__}")
         strategy, ranks = distributed.check_strategy(config.strategy)  # reads the environment only
-        config = self.fit_to_world(config, ranks["world_size"], main=ranks["rank"] == 0)
+        self._check_sequence_parallel(config, strategy)
+        replicas = distributed.replica_count(ranks["world_size"], config.sequence_parallel)
+        config = self.fit_to_world(config, replicas, main=ranks["rank"] == 0)
         self._check_distributed_config(config, strategy, ranks["world_size"])
         self.dist, self.device = distributed.setup(config.strategy, config.device)
+        if config.offload_checkpoints and self.device.type != "cuda":
+            raise ValueError(f"offload_checkpoints=True needs a CUDA device, got {self.device} (device={config.device!r})")
+        self.parallel = distributed.parallel_layout(self.dist, config.sequence_parallel)
         self.config = config
         self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
@@ -94,6 +99,9 @@ class Trainer(Checkpointing):
         if config.gradient_checkpointing:
             enable_activation_checkpointing(model)
         self.policy = self.wrap_model(model)
+        if (config.mlp_tile_tokens or config.offload_checkpoints) and not isinstance(self.policy, PolicyModel):
+            raise ValueError(f"mlp_tile_tokens and offload_checkpoints apply to the policy module of the SFT, DPO and "
+                             f"GRPO trainers, not to {type(self).__name__}'s {type(self.policy).__name__}")
         self.prepare_train_data(train_data)
         self.eval_rows = None
         if eval_data is not None:
@@ -113,9 +121,27 @@ class Trainer(Checkpointing):
         self._saved_at = time.monotonic()
 
     def fit_to_world(self, config: TrainConfig, world: int, *, main: bool) -> TrainConfig:
-        """``config`` with ``rows_per_step`` rounded up to a multiple of the number of processes
-        (each rank takes the same number of packed rows per step), said in one log line."""
+        """``config`` with ``rows_per_step`` rounded up to a multiple of ``world``, the number of
+        data-parallel replicas (processes / ``sequence_parallel``; each replica takes the same
+        number of packed rows per step), said in one log line."""
         return distributed.round_to_world(config, "rows_per_step", world, "packed rows", main=main)
+
+    supports_sequence_parallel = False  # trainers whose loop runs the policy on whole rows only
+
+    def _check_sequence_parallel(self, config: TrainConfig, strategy: str) -> None:
+        if config.sequence_parallel == 1:
+            return
+        if not self.supports_sequence_parallel:
+            raise ValueError(f"sequence_parallel > 1 is supported by the DPO trainer, not {type(self).__name__}")
+        if strategy not in ("ddp", "none"):
+            raise ValueError(f"sequence_parallel > 1 runs with strategy='ddp' (got {strategy!r}; fsdp2 is not "
+                             "supported with sequence parallelism yet)")
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword options of the policy module (and of frozen copies of it) from the config."""
+        c = self.config
+        return dict(attention=c.attention, mlp_tile_tokens=c.mlp_tile_tokens or None,
+                    sequence_parallel=self.parallel.sequence_parallel)
 
     def _check_distributed_config(self, config: TrainConfig, strategy: str, world: int) -> None:
         """Configurations torchrun cannot run, refused before any work (no process group yet)."""
@@ -151,6 +177,12 @@ class Trainer(Checkpointing):
         """Sums over ranks (the values themselves in a single process)."""
         return distributed.global_sum(list(values), self.dist)
 
+    def replica_sums(self, *values: float) -> list[float]:
+        """Sums over data-parallel replicas: like ``global_sum``, but the ranks of one
+        sequence-parallel group, which hold the same rows and values, count once (pair counts,
+        metrics). Flags every rank must agree on go through ``global_sum``."""
+        return distributed.global_sum(list(values), self.dist, self.parallel.replica_group)
+
     def global_sums(self, totals: dict[str, float]) -> dict[str, float]:
         keys = sorted(totals)
         return dict(zip(keys, self.global_sum(*(totals[key] for key in keys))))
@@ -162,7 +194,7 @@ class Trainer(Checkpointing):
 
     def wrap_model(self, model: nn.Module) -> PackedModel:
         """The module trained (and wrapped by DDP / FSDP2 later): the policy by default."""
-        return PolicyModel(model, attention=self.config.attention)
+        return PolicyModel(model, offload_checkpoints=self.config.offload_checkpoints, **self.model_options())
 
     def prepare_train_data(self, train_data) -> None:
         """Tokenize the training data once; rows are packed per epoch (``rows_for_epoch``)."""
@@ -220,8 +252,9 @@ class Trainer(Checkpointing):
                 epoch_rows = self.rows_for_epoch(self.epoch)
             rows.append(epoch_rows[self.position])
             self.position += 1
-        if self.dist.enabled:
-            mine = distributed.assign_rows([row.num_tokens for row in rows], self.dist.world_size)[self.dist.rank]
+        if self.dist.enabled:  # per data-parallel replica: the ranks of one sequence-parallel group share rows
+            layout = self.parallel
+            mine = distributed.assign_rows([row.num_tokens for row in rows], layout.replicas)[layout.replica]
             rows = [rows[index] for index in mine]
         return [row.to(self.device, non_blocking=True) for row in rows]
 
@@ -298,6 +331,7 @@ class Trainer(Checkpointing):
         tokens, bad_ranks, signalled, due = self.global_sum(
             sum(row.num_tokens for row in rows), float(self._nonfinite is not None),
             float(signals.received is not None), float(due))
+        tokens /= self.config.sequence_parallel  # a sequence-parallel group's ranks share their rows
         quantity = self._nonfinite_quantity(metrics.get("loss", 0.0), norm, bad_ranks)
         lr = self.scheduler.get_last_lr()[0]
         if quantity is None:

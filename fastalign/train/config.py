@@ -64,6 +64,16 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     max_nonfinite_skips: int = 10
     progress: bool = True
+    # Long rows. `max_length`: longest example (P + C + R tokens); one over `token_budget` gets a
+    # row of its own, `on_overflow` applies above it (None: `token_budget`). `mlp_tile_tokens`:
+    # run each decoder layer's MLP over tiles of this many tokens (0: off). `offload_checkpoints`:
+    # keep checkpointed layer inputs in pinned host memory (CUDA, needs gradient_checkpointing).
+    # `sequence_parallel`: split each row over this many ranks (Ulysses; DPO under torchrun with
+    # ddp; the other ranks are data-parallel replicas).
+    max_length: int | None = None
+    mlp_tile_tokens: int = 0
+    offload_checkpoints: bool = False
+    sequence_parallel: int = 1
 
     def validate(self) -> None:
         """Check (and convert, e.g. ``adam_betas`` list → tuple) every field: ``ValueError``
@@ -75,13 +85,23 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "eval_every", "save_every", "save_every_minutes", "lora_r", "weight_decay"):
+        for name in ("warmup_steps", "eval_every", "save_every", "save_every_minutes", "lora_r", "weight_decay",
+                     "mlp_tile_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("max_prompt_length", "max_completion_length", "max_grad_norm"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be None or > 0, got {value!r}")
+        if self.max_length is not None and self.max_length < self.token_budget:
+            raise ValueError(f"max_length must be None or >= token_budget ({self.token_budget}), got {self.max_length}")
+        if self.sequence_parallel < 1:
+            raise ValueError(f"sequence_parallel must be >= 1, got {self.sequence_parallel}")
+        if self.offload_checkpoints and not self.gradient_checkpointing:
+            raise ValueError("offload_checkpoints=True needs gradient_checkpointing=True (it moves the checkpointed "
+                             "layer inputs)")
+        if self.offload_checkpoints and self.device in ("cpu", "mps"):
+            raise ValueError(f"offload_checkpoints=True needs a CUDA device, got device={self.device!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
@@ -138,6 +158,9 @@ class DPOConfig(TrainConfig):
     simpo_gamma: float = 0.5
     reference: str = "separate"
     offload_reference: bool = False  # fsdp2: keep the frozen reference's shards in CPU memory
+    # Run the reference forward (no grad, keeps only per-example sums) before the policy's, so its
+    # activations never coexist with the policy's saved ones. False: after (same numbers, more memory).
+    reference_first: bool = True
 
     def validate(self) -> None:
         super().validate()

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastalign.attention import SequenceParallelGroup
+
 STRATEGIES = ("auto", "none", "ddp", "fsdp2")
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -201,14 +203,54 @@ def gradient_sync(wrapped: nn.Module, env: DistributedEnv, enabled: bool):
     yield
 
 
-def global_sum(values: list[float], env: DistributedEnv) -> list[float]:
-    """Element-wise sum over ranks (float64 on the CPU for gloo, on the device for NCCL)."""
+def global_sum(values: list[float], env: DistributedEnv, group=None) -> list[float]:
+    """Element-wise sum over ranks (float64 on the CPU for gloo, on the device for NCCL);
+    ``group``: only over that process group (the data-parallel replicas under sequence parallelism)."""
     if not env.enabled:
         return list(values)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, group=group)
     return tensor.tolist()
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How the ranks split the work: each packed row is shared by the ``sequence_parallel``
+    group's ranks (consecutive ranks), and ``replicas`` such groups train on different rows
+    (data parallelism; this rank is in replica ``replica``). ``replica_group``: the ranks
+    holding the same slice in every replica — counts and metrics are summed over it, so each
+    row counts once. Gradients are reduced by DDP over the whole world: with the loss scaled by
+    the world size, that is the sum of every rank's part — the full gradient of every row."""
+
+    sequence_parallel: SequenceParallelGroup | None = None
+    replica: int = 0
+    replicas: int = 1
+    replica_group: object | None = None  # None: the world
+
+
+def replica_count(world: int, sequence_parallel: int) -> int:
+    """Data-parallel replicas of ``world`` processes in groups of ``sequence_parallel``."""
+    if world % sequence_parallel:
+        raise ValueError(f"sequence_parallel={sequence_parallel} needs a multiple of {sequence_parallel} processes "
+                         f"(torchrun --nproc-per-node), got {world}")
+    return world // sequence_parallel
+
+
+def parallel_layout(env: DistributedEnv, sequence_parallel: int) -> ParallelLayout:
+    """Build the sequence-parallel and replica process groups (every rank calls this, in the
+    same order, right after ``setup``)."""
+    replicas = replica_count(env.world_size, sequence_parallel)
+    if sequence_parallel == 1:
+        return ParallelLayout(None, env.rank, replicas, None)
+    # new_group is collective: every rank creates every group, then keeps its own.
+    rows = [dist.new_group([replica * sequence_parallel + i for i in range(sequence_parallel)])
+            for replica in range(replicas)]
+    slices = [dist.new_group([replica * sequence_parallel + i for replica in range(replicas)])
+              for i in range(sequence_parallel)]
+    replica, position = divmod(env.rank, sequence_parallel)
+    group = SequenceParallelGroup(rows[replica], position, sequence_parallel)
+    return ParallelLayout(group, replica, replicas, slices[position])
 
 
 def assign_rows(token_counts: list[int], world_size: int) -> list[list[int]]:

@@ -38,6 +38,7 @@ class DPOTrainer(Trainer):
     """
 
     config: DPOConfig
+    supports_sequence_parallel = True
 
     def __init__(self, model: nn.Module, tokenizer, train_data, config: DPOConfig, *, eval_data=None,
                  reference_model: nn.Module | None = None) -> None:
@@ -66,6 +67,7 @@ class DPOTrainer(Trainer):
         return pack_preference_examples(
             *lists, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
             max_completion_length=c.max_completion_length, on_overflow=c.on_overflow, sort_by_length=sort_by_length,
+            max_length=c.max_length,
         )
 
     @staticmethod
@@ -75,7 +77,7 @@ class DPOTrainer(Trainer):
         return pack_preference_examples(
             *preference_token_lists(data, tokenizer, name), token_budget=c.token_budget,
             max_prompt_length=c.max_prompt_length, max_completion_length=c.max_completion_length,
-            on_overflow=c.on_overflow,
+            on_overflow=c.on_overflow, max_length=c.max_length,
         )
 
     def _build_references(self, reference_model: nn.Module | None) -> dict[str, Reference | None]:
@@ -86,7 +88,7 @@ class DPOTrainer(Trainer):
             shared = AdapterReference(self.policy)
             return {"train": shared, "eval": shared}
         source = reference_model if reference_model is not None else self.policy.model
-        frozen = SeparateReference(source.to(self.device), attention=self.config.attention)
+        frozen = SeparateReference(source.to(self.device), **self.model_options())
         if self.dist.strategy == "fsdp2":  # sharded like the policy: each rank holds 1/world of it
             distributed.shard(frozen.policy, frozen.policy.model, offload=self.config.offload_reference)
         if kind == "separate":
@@ -119,15 +121,20 @@ class DPOTrainer(Trainer):
                         num_pairs=num_pairs, **lengths)
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:
-        # Normalized by the pairs of the whole step on every rank (all-reduced).
-        (num_pairs,) = self.global_sum(sum(row.num_examples for row in rows))
+        # Normalized by the pairs of the whole step on every rank (all-reduced over replicas).
+        (num_pairs,) = self.replica_sums(sum(row.num_examples for row in rows))
         num_pairs = int(num_pairs)
         totals: dict[str, float] = {}
         reference = self.references["train"]
+        first = reference is not None and self.config.reference_first
         for index, row in enumerate(rows):
             with self.autocast():
+                # First: only its per-example sums [E] outlive it, and its activations never
+                # coexist with the policy's saved ones.
+                ref = reference(row) if first else None
                 out = reduce_packed(row, self.forward(row))
-                ref = reference(row) if reference is not None else None
+                if reference is not None and not first:
+                    ref = reference(row)
             out = out._replace(chosen=self.finite("policy log-probs", out.chosen),
                                rejected=self.finite("policy log-probs", out.rejected))
             if ref is not None:
@@ -147,7 +154,9 @@ class DPOTrainer(Trainer):
                 sums["nll_loss"] = float(result.nll_loss.detach().sum())
             for key, value in sums.items():
                 totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: value / num_pairs for key, value in self.global_sums(totals).items()}
+        keys = sorted(totals)
+        summed = dict(zip(keys, self.replica_sums(*(totals[key] for key in keys))))
+        metrics = {key: value / num_pairs for key, value in summed.items()}
         metrics["pairs"] = num_pairs
         return metrics
 

@@ -117,6 +117,7 @@ class RewardTrainer(Trainer):
         return pack_preference_examples(
             *lists[:3], token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
             max_completion_length=c.max_completion_length, on_overflow=c.on_overflow, sort_by_length=sort_by_length,
+            max_length=c.max_length,
         )
 
     def pair_margins(self, row: PackedBatch) -> torch.Tensor | None:

@@ -25,6 +25,7 @@ class SFTTrainer(Trainer):
         return pack_completion_examples(
             *lists, token_budget=c.token_budget, max_prompt_length=c.max_prompt_length,
             max_completion_length=c.max_completion_length, on_overflow=c.on_overflow, sort_by_length=sort_by_length,
+            max_length=c.max_length,
         )
 
     def accumulate(self, rows: list[PackedBatch]) -> dict[str, float]:

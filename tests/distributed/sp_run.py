@@ -1,11 +1,16 @@
-"""DPO on one packed row with Ulysses sequence parallelism, launched by torchrun (2 processes,
-gloo) from ``test_sequence_parallel.py``; ``dpo_on_row`` also gives the single-process result.
+"""Ulysses sequence parallelism under torchrun (gloo, 4 processes), launched once by
+``test_sequence_parallel.py``:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 sp_run.py OUT
+    python -m torch.distributed.run --standalone --nproc-per-node 4 sp_run.py OUT STEPS
 
-Rank 0 writes ``OUT/<family>.pt`` (loss and every gradient, the gradients summed over the
-group as the trainer's DDP does) and ``OUT/llama-mutated.pt``: the same with a wrong
-all-to-all (received chunks joined in reverse rank order), which the test must tell apart.
+1. DPO on one packed row split over 2 ranks (ranks {0, 1} and {2, 3} each form a group and
+   compute the same): rank 0 writes ``OUT/<family>.pt`` (loss and every gradient, summed over
+   the group as the trainer's DDP does) and ``OUT/llama-mutated.pt``: the same with a wrong
+   all-to-all (received chunks joined in reverse rank order), which the test must tell apart.
+   ``dpo_on_row`` also gives the single-process result.
+2. The DPO trainer of ``dpo_run.py`` with ``sequence_parallel=2``: 2 sequence-parallel ranks x
+   2 DDP replicas for STEPS steps; rank 0 writes ``OUT/history.json``.
+One launch for both: starting the processes costs more than either part.
 """
 
 from __future__ import annotations
@@ -61,18 +66,23 @@ def _reversed_exchange(x, scatter_dim, gather_dim, group):
     return torch.cat(list(reversed(received.unbind(0))), dim=gather_dim)
 
 
-def main(out: Path) -> None:
+def main(out: Path, steps: int) -> None:
+    from tests.distributed.dpo_run import finish, make_trainer
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    group = SequenceParallelGroup.of()
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # collective: every rank creates both
+    group = SequenceParallelGroup(pairs[dist.get_rank() // 2], dist.get_rank() % 2, 2)
     results = {family: dpo_on_row(family, group) for family in FAMILIES}
-    ulysses._exchange = _reversed_exchange
+    exchange, ulysses._exchange = ulysses._exchange, _reversed_exchange
     results["llama-mutated"] = dpo_on_row("llama", group)
+    ulysses._exchange = exchange
     if dist.get_rank() == 0:
         for name, result in results.items():
             torch.save(result, out / f"{name}.pt")
-    dist.destroy_process_group()
+    trainer = make_trainer(str(out), "ddp", steps, sequence_parallel=2)  # reuses the process group
+    finish(trainer, trainer.train(), str(out))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]))
