@@ -45,7 +45,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     for override in args.overrides:
         key, value = parse_override(override)
         values[key] = value
-    for name in ("output_dir", "max_steps", "seed", "strategy"):
+    for name in ("output_dir", "max_steps", "seed", "strategy", "sequence_parallel"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     values.setdefault("output_dir", f"fastalign-{args.kind}")
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete the checkpoints, metrics and final model of an earlier run in --output-dir first")
     train.add_argument("--strategy", choices=["auto", "none", "ddp", "fsdp2"], default=None,
                        help="under torchrun: ddp or fsdp2 (auto: ddp when several processes); see README")
+    train.add_argument("--sequence-parallel", type=int, default=None, metavar="N",
+                       help="dpo under torchrun: split each packed row over N processes (Ulysses; the rest are DDP "
+                            "replicas)")
     train.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. beta=0.2 loss_type=ipo)")
 
     evaluate = commands.add_parser("eval", help="preference accuracy and win rate of a trained model")

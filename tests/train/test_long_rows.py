@@ -93,3 +93,12 @@ def test_the_reference_runs_first_and_keeps_only_its_sums(tmp_path):
     first, peak_first = step(True)
     assert first == pytest.approx(after, rel=1e-6)  # the same numbers
     assert peak_first < peak_after  # the reference's activations no longer sit on the policy's
+
+
+def test_cli_sequence_parallel_flag_reaches_the_config(tmp_path, capsys):
+    from fastalign.cli import main
+
+    code = main(["train", "dpo", "--model", "tiny", "--data", "synthetic", "--output-dir", str(tmp_path / "run"),
+                 "--sequence-parallel", "2", "--max-steps", "1"])
+    assert code == 2  # one process cannot split a row over two
+    assert "sequence_parallel=2 needs a multiple of 2 processes" in capsys.readouterr().err
