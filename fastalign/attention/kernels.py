@@ -2,17 +2,27 @@
 
 Inputs: ``query [1, Hq, T, D]``, ``key``/``value [1, Hkv, T, D]`` (one packed row), a
 ``PackedAttention``; output ``[1, T, Hq, D]`` (what transformers' attention functions return).
+
+The explicit-mask backends (eager, sdpa: CPU and tests) attend per attention group. A group
+longer than ``QUERY_CHUNK`` slots (a long pair) is processed in chunks of query slots, each
+against the keys up to its last slot, with its mask rows built for the chunk and never cached;
+with gradients each chunk is its own checkpoint. So neither the ``[L, L]`` mask nor the
+``[H, L, L]`` scores ever exist: memory grows linearly with the group length.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from fastalign.attention.metadata import PackedAttention
+
+QUERY_CHUNK = 1024  # query slots per chunk of a long group (mask rows [chunk, L] at a time)
 
 
 def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
@@ -30,20 +40,64 @@ def _from_groups(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2)[valid][None]
 
 
-def eager_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
-    """Explicit scores and mask per attention group; supports everything (softcap included)."""
+def _grouped(query, key, value, meta: PackedAttention):
+    """``[G, H, L, D]`` queries and (head-repeated) keys / values laid out by the group table."""
     index, valid = meta.groups()
     groups = query.shape[1] // key.shape[1]
     q = _to_groups(query, index)
     k, v = _to_groups(_repeat_heads(key, groups), index), _to_groups(_repeat_heads(value, groups), index)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~meta.group_mask(sliding_window)[:, None], float("-inf"))
-    # Softmax in at least fp32, like transformers' eager attention (float64 stays float64).
-    weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=dropout > 0)
-    return _from_groups(torch.matmul(weights, v), valid)
+    return q, k, v, valid
+
+
+def _mask_rows(meta: PackedAttention, start: int, stop: int, keys: int, sliding_window: int | None) -> torch.Tensor:
+    """Rows ``[start, stop)`` of ``meta.group_mask`` against the first ``keys`` slots: bool
+    ``[G, stop - start, keys]``, built without the whole ``[G, L, L]`` mask."""
+    index, valid = meta.groups()
+    rows, cols = index[:, start:stop], index[:, :keys]
+    keep = meta.allowed(rows[:, :, None], cols[:, None, :], sliding_window)
+    keep = keep & valid[:, start:stop, None] & valid[:, None, :keys]
+    own = torch.arange(start, stop, device=index.device)[:, None] == torch.arange(keys, device=index.device)[None, :]
+    return keep | (own & ~valid[:, start:stop, None])
+
+
+def _attend_in_chunks(attend: Callable, q, k, v, meta: PackedAttention, sliding_window: int | None) -> torch.Tensor:
+    """``attend(q, k, v, mask)`` over ``[G, H, L, D]`` groups; chunks of query slots when the
+    groups are longer than ``QUERY_CHUNK`` (see the module docstring). Returns ``[G, H, L, D]``."""
+    length = q.shape[2]
+    if length <= QUERY_CHUNK:
+        return attend(q, k, v, meta.group_mask(sliding_window))
+    outputs = []
+    for start in range(0, length, QUERY_CHUNK):
+        stop = min(start + QUERY_CHUNK, length)
+        # Packed layouts never let a token see a later slot; confirmed on the chunk's mask rows.
+        keys = stop if not _mask_rows(meta, start, stop, length, sliding_window)[..., stop:].any() else length
+
+        def chunk(q_rows, k_cols, v_cols, start=start, stop=stop, keys=keys):
+            return attend(q_rows, k_cols, v_cols, _mask_rows(meta, start, stop, keys, sliding_window))
+
+        args = (q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys])
+        if torch.is_grad_enabled():  # saves only the (view) inputs; mask and scores are rebuilt in backward
+            outputs.append(checkpoint(chunk, *args, use_reentrant=False))
+        else:
+            outputs.append(chunk(*args))
+    return torch.cat(outputs, dim=2)
+
+
+def eager_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
+    """Explicit scores and mask per attention group; supports everything (softcap included)."""
+
+    def attend(q, k, v, mask):
+        scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        # Softmax in at least fp32, like transformers' eager attention (float64 stays float64).
+        weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
+        weights = F.dropout(weights, p=dropout, training=dropout > 0)
+        return torch.matmul(weights, v)
+
+    q, k, v, valid = _grouped(query, key, value, meta)
+    return _from_groups(_attend_in_chunks(attend, q, k, v, meta, sliding_window), valid)
 
 
 def sdpa_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
@@ -51,12 +105,12 @@ def sdpa_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, s
     (never ``is_causal``, which SDPA aligns top-left)."""
     if softcap is not None:
         raise ValueError("the sdpa backend cannot apply an attention logit softcap")
-    index, valid = meta.groups()
-    groups = query.shape[1] // key.shape[1]
-    q = _to_groups(query, index)
-    k, v = _to_groups(_repeat_heads(key, groups), index), _to_groups(_repeat_heads(value, groups), index)
-    mask = meta.group_mask(sliding_window)[:, None]
-    return _from_groups(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling), valid)
+
+    def attend(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout, scale=scaling)
+
+    q, k, v, valid = _grouped(query, key, value, meta)
+    return _from_groups(_attend_in_chunks(attend, q, k, v, meta, sliding_window), valid)
 
 
 @functools.cache
