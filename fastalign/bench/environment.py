@@ -63,3 +63,12 @@ def environment(device: torch.device) -> dict:
         "git_commit": _git_commit(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where the OS has none): other processes on the machine
+    skew wall times, so benchmarks record it beside their timings."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None

@@ -1,0 +1,418 @@
+"""Benchmark: the memory of one full DPO step of one long pair, vs its length — TRL 1.16's
+``DPOTrainer`` at its most memory-frugal settings against fastalign with each memory feature on
+and off.
+
+The step: policy forward + backward, reference forward (no grad), optimizer step (AdamW), on one
+pair whose prompt is 3/4 and whose answers are 1/4 of the context length ``L``: ``P = 3L/4``,
+``C = R = L/4``, so each sequence ``[P C]`` / ``[P R]`` holds ``L`` tokens (what TRL runs: two
+rows of ``L``) and fastalign's packed row ``[P C R]`` holds ``1.25 L``. Random-weight Llama
+models built from configs (nothing downloaded); the reference is a frozen copy of the policy.
+
+Providers (``PROVIDERS``):
+
+- ``trl``: ``trl.DPOTrainer`` (1.16), gradient checkpointing on (non-reentrant), its own fused
+  LM head (always on in 1.16: chunked log-probs, no ``[tokens, V]`` logits), reference forward
+  under ``no_grad``; on CUDA also transformers' checkpoint offload (``offload=True``: the
+  checkpointed activations in pinned host memory). Not used: ``padding_free`` (disabled in
+  1.16: it warns and pads — one pair has no padding anyway), ``use_liger_kernel`` (deprecated,
+  CUDA only, layer kernels only), ``precompute_ref_log_probs`` (removes the reference forward
+  from the step, which this benchmark measures).
+- ``fastalign``: ``fastalign.train.DPOTrainer`` with every memory feature: gradient
+  checkpointing, the sequence-tiled MLP (``mlp_tile_tokens``), the reference forward first
+  (``reference_first``) and on CUDA ``offload_checkpoints``. Packed row, fused head, chunked
+  packed attention on CPU (always on).
+- ``fastalign-no-<feature>``: the same with one feature off; ``fastalign-none``: all off
+  (gradient checkpointing stays on, as for TRL).
+
+Memory: the peak above the memory of the trainer after a warm-up step at a short length (weights
+of policy and reference, gradients, AdamW state: "the model's own"). On CPU the resident set
+size sampled every 5 ms (``fastalign.bench.pipeline.memory_meter(..., "rss")``; each case runs
+in a fresh process with glibc's mmap threshold fixed, so freed tensors leave the resident set),
+on CUDA ``torch.cuda.max_memory_allocated``. Per provider a least-squares line through
+(``L``, peak) gives the memory per token of context length (the slope) and the longest ``L``
+whose total (model's own + line) fits the preset's budget (16 GiB on CPU, 80 GiB on GPU).
+Seconds per step: one step, on a shared machine; the 1-minute load average is recorded beside
+every case.
+
+Used by ``bench/bench_long_context.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastalign.bench.environment import environment, load_average
+from fastalign.bench.measure import is_out_of_memory
+from fastalign.bench.packing import DTYPES, LLAMA_1B_SHAPE, baseline_attention
+from fastalign.bench.pipeline import memory_meter
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
+
+RESULT_MARK = "LONG_CONTEXT_RESULT "
+# Every large allocation straight from mmap: freed tensors leave the resident set at once, so
+# the sampled RSS follows live memory (glibc otherwise raises the threshold as it sees frees).
+CASE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+@dataclass(frozen=True)
+class LongContextPreset:
+    """Model, lengths and memory budget of one run."""
+
+    model: dict  # LlamaConfig keyword arguments
+    dtype: str  # float32: plain fp32; bfloat16: fp32 weights with bf16 autocast (both providers)
+    lengths: tuple[int, ...]  # context lengths L (P + C = P + R)
+    budget_gib: float  # for the projected longest L
+    mlp_tile_tokens: int
+    warmup_length: int = 256
+    seed: int = 0
+
+
+CPU_MODEL = dict(hidden_size=576, num_hidden_layers=4, num_attention_heads=9, num_key_value_heads=3,
+                 intermediate_size=1536, vocab_size=49152, max_position_embeddings=16384, tie_word_embeddings=True)
+PRESETS: dict[str, LongContextPreset] = {
+    # A tiny model: the harness end to end in seconds (its numbers mean nothing).
+    "cpu-smoke": LongContextPreset(model=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=2, intermediate_size=128, vocab_size=512,
+                                              max_position_embeddings=1024),
+                                   dtype="float32", lengths=(64, 128), budget_gib=16.0, mlp_tile_tokens=32,
+                                   warmup_length=32),
+    "cpu": LongContextPreset(model=CPU_MODEL, dtype="float32", lengths=(1024, 2048, 4096, 8192), budget_gib=16.0,
+                             mlp_tile_tokens=1024),
+    # Llama-3.2-1B's shape, all 16 layers; positions up to 80k for the 64k rows (1.25 L).
+    "gpu-1b": LongContextPreset(model={**LLAMA_1B_SHAPE, "max_position_embeddings": 81920}, dtype="bfloat16",
+                                lengths=(4096, 8192, 16384, 32768, 65536), budget_gib=80.0, mlp_tile_tokens=4096),
+}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One trainer setting. ``features``: fastalign's memory options (``None`` for TRL)."""
+
+    name: str
+    features: dict[str, bool] | None
+    cuda_only: bool = False
+
+
+_ALL = {"tiled_mlp": True, "reference_first": True, "offload": True}
+PROVIDERS: dict[str, Provider] = {
+    provider.name: provider
+    for provider in (
+        Provider("trl", None),
+        Provider("fastalign", _ALL),
+        Provider("fastalign-no-tiled-mlp", {**_ALL, "tiled_mlp": False}),
+        Provider("fastalign-no-reference-first", {**_ALL, "reference_first": False}),
+        Provider("fastalign-no-offload", {**_ALL, "offload": False}, cuda_only=True),
+        Provider("fastalign-none", {name: False for name in _ALL}),
+    )
+}
+
+
+def pair(length: int, vocab_size: int, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """``P = 3L/4``, ``C = R = L/4`` random token ids (seeded)."""
+    if length < 8 or length % 4:
+        raise ValueError(f"length must be a multiple of 4 and >= 8, got {length}")
+    generator = torch.Generator().manual_seed(seed + length)
+    answer = length // 4
+
+    def draw(count: int) -> list[int]:
+        return torch.randint(0, vocab_size, (count,), generator=generator).tolist()
+
+    return draw(length - answer), draw(answer), draw(answer)
+
+
+def _model(preset: LongContextPreset, device: torch.device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(preset.seed)
+    config = LlamaConfig(**preset.model, pad_token_id=0)
+    config._attn_implementation = baseline_attention(device)
+    with torch.device(device):
+        return LlamaForCausalLM(config).train()
+
+
+def _warmup_vocab(preset: LongContextPreset) -> int:
+    return min(1000, preset.model["vocab_size"])  # any ids: the warm-up only allocates gradients and AdamW state
+
+
+# -- one step per provider ---------------------------------------------------------------------
+class _FastalignStep:
+    def __init__(self, preset: LongContextPreset, provider: Provider, length: int, device: torch.device,
+                 out_dir: str) -> None:
+        from datasets import Dataset
+
+        from fastalign.train import DPOConfig, DPOTrainer
+
+        features = provider.features
+        prompt, chosen, rejected = pair(length, preset.model["vocab_size"], preset.seed)
+        data = Dataset.from_dict({"prompt_ids": [prompt], "chosen_ids": [chosen], "rejected_ids": [rejected]})
+        config = DPOConfig(
+            output_dir=out_dir, max_steps=1, rows_per_step=1, token_budget=len(prompt) + len(chosen) + len(rejected),
+            learning_rate=1e-6, max_grad_norm=None, device=str(device), dtype=preset.dtype, progress=False,
+            save_every=0, gradient_checkpointing=True, reference="separate", loss_type="sigmoid",
+            mlp_tile_tokens=preset.mlp_tile_tokens if features["tiled_mlp"] else 0,
+            reference_first=features["reference_first"],
+            offload_checkpoints=features["offload"] and device.type == "cuda",
+        )
+        self.trainer = DPOTrainer(_model(preset, device), None, data, config)
+        self.row = self.trainer.rows_for_epoch(0)[0].to(device)
+
+    def warmup(self, preset: LongContextPreset) -> None:
+        from fastalign.packing import pack_preference_examples
+
+        (row,) = pack_preference_examples(*[[part] for part in pair(preset.warmup_length, _warmup_vocab(preset), preset.seed)],
+                                          token_budget=2 * preset.warmup_length)
+        self._step(row.to(self.row.device))
+
+    def run(self) -> None:
+        self._step(self.row)
+
+    def _step(self, row) -> None:
+        self.trainer.accumulate([row])
+        self.trainer.optimizer.step()
+        self.trainer.optimizer.zero_grad(set_to_none=False)  # gradients stay allocated: the model's own
+
+
+class _TRLStep:
+    def __init__(self, preset: LongContextPreset, provider: Provider, length: int, device: torch.device,
+                 out_dir: str) -> None:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        import trl
+        from datasets import Dataset
+
+        from fastalign.data.tokenizer import byte_tokenizer
+
+        policy = _model(preset, device)
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        offload = device.type == "cuda"
+        args = trl.DPOConfig(output_dir=out_dir, report_to=[], use_cpu=device.type == "cpu",
+                             bf16=preset.dtype == "bfloat16", per_device_train_batch_size=1, save_strategy="no",
+                             disable_tqdm=True, seed=preset.seed, max_length=None, learning_rate=1e-6,
+                             gradient_checkpointing=True,
+                             gradient_checkpointing_kwargs={"use_reentrant": False})
+        placeholder = Dataset.from_dict({"prompt": ["a"], "chosen": [" b"], "rejected": [" c"]})
+        self.trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=placeholder,
+                                      processing_class=byte_tokenizer())
+        # What Trainer.train() would do first: checkpointing (with transformers' offload on CUDA)
+        # and the optimizer; then TRL's own training_step (fused head, reference under no_grad).
+        self.trainer.model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}, offload=offload)
+        self.trainer.create_optimizer()
+        self.trainer.current_gradient_accumulation_steps = 1
+        self.batch = self._batch(*pair(length, preset.model["vocab_size"], preset.seed))
+
+    def _batch(self, prompt, chosen, rejected) -> dict:
+        example = dict(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected)
+        return self.trainer._prepare_inputs(self.trainer.data_collator([example]))
+
+    def warmup(self, preset: LongContextPreset) -> None:
+        self._step(self._batch(*pair(preset.warmup_length, _warmup_vocab(preset), preset.seed)))
+
+    def run(self) -> None:
+        self._step(self.batch)
+
+    def _step(self, batch) -> None:
+        self.trainer.training_step(self.trainer.model, batch)
+        self.trainer.optimizer.step()
+        self.trainer.optimizer.zero_grad(set_to_none=False)
+
+
+def _allocated(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    from fastalign.bench.pipeline import _rss_bytes
+
+    return _rss_bytes()
+
+
+def run_case(preset: LongContextPreset, provider: Provider, length: int, device: torch.device) -> dict[str, Any]:
+    """One provider at one length in this process: warm-up step, then the measured step."""
+    row: dict[str, Any] = dict(provider=provider.name, length=length, row_tokens=length + length // 4
+                               if provider.features is not None else 2 * length, status="ok", note="",
+                               load_1m_before=load_average())
+    with tempfile.TemporaryDirectory() as out_dir:
+        try:
+            step = (_TRLStep if provider.features is None else _FastalignStep)(preset, provider, length, device,
+                                                                              out_dir)
+            step.warmup(preset)
+            row["model_own_mb"] = _allocated(device) / 2**20
+            with memory_meter(device, "cuda" if device.type == "cuda" else "rss") as meter:
+                start = time.perf_counter()
+                step.run()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                row["seconds"] = time.perf_counter() - start
+            above = meter.peak_bytes - (row["model_own_mb"] * 2**20 if device.type == "cuda" else 0)
+            row["peak_above_mb"] = above / 2**20
+        except Exception as error:  # noqa: BLE001 - an OOM is a result; other failures are recorded
+            row["status"] = "oom" if is_out_of_memory(error) else "error"
+            row["note"] = f"{type(error).__name__}: {str(error)[:300]}"
+    row["load_1m_after"] = load_average()
+    return row
+
+
+# -- the run: every case in its own process -----------------------------------------------------
+def _case_in_subprocess(preset_name: str, provider: str, length: int, device: str, timeout: float) -> dict:
+    command = [sys.executable, "-m", "fastalign.bench.long_context", "--preset", preset_name, "--device", device,
+               "--case", provider, str(length)]
+    env = {**os.environ, **CASE_ENV}
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(provider=provider, length=length, status="error", note=f"timed out after {timeout:.0f} s")
+    for line in result.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    return dict(provider=provider, length=length, status="error",
+                note=f"exit {result.returncode}: {(result.stderr or result.stdout)[-300:]}")
+
+
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float, float] | None:
+    """Least-squares ``y = a + b x``: ``(a, b, r²)``, or ``None`` for fewer than 2 points."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    slope = sxy / sxx
+    intercept = mean_y - slope * mean_x
+    total = sum((y - mean_y) ** 2 for _, y in points)
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in points)
+    return intercept, slope, 1 - residual / total if total else 1.0
+
+
+def summarize(rows: list[dict], budget_gib: float) -> list[dict]:
+    """Per provider: memory per token of context length (slope of the fit), its fit, and the
+    longest ``L`` whose model's own + fitted peak fits ``budget_gib``."""
+    summary = []
+    for provider in dict.fromkeys(row["provider"] for row in rows):
+        ok = [row for row in rows if row["provider"] == provider and row["status"] == "ok"]
+        line = fit_line([(row["length"], row["peak_above_mb"]) for row in ok])
+        entry: dict[str, Any] = dict(provider=provider, lengths=len(ok))
+        if line is not None:
+            intercept, slope, r2 = line
+            own = max(row["model_own_mb"] for row in ok)
+            longest = (budget_gib * 1024 - own - intercept) / slope if slope > 0 else None
+            entry.update(kib_per_token=slope * 1024, intercept_mb=intercept, r2=r2, model_own_mb=own,
+                         longest_length=int(longest) if longest is not None else None,
+                         seconds_at_longest_measured=max(ok, key=lambda row: row["length"])["seconds"])
+        summary.append(entry)
+    best_trl = next((entry for entry in summary if entry["provider"] == "trl" and "kib_per_token" in entry), None)
+    for entry in summary:
+        if best_trl and "kib_per_token" in entry:
+            entry["per_token_vs_trl"] = entry["kib_per_token"] / best_trl["kib_per_token"]
+    return summary
+
+
+def markdown(rows: list[dict], summary: list[dict], env: dict, budget_gib: float) -> str:
+    """The results as two Markdown tables (per case, per provider)."""
+    lines = [f"Long-context DPO step, preset `{env['benchmark']['preset_name']}` — {env['device']}, "
+             f"torch {env['packages'].get('torch')}, trl {env['packages'].get('trl')}, {env['date_utc'][:10]}, "
+             f"git {str(env.get('git_commit'))[:10]}", "",
+             "| provider | L | row tokens | model's own (MiB) | peak above (MiB) | s/step | load 1m | status |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        lines.append(f"| {row['provider']} | {row['length']} | {row.get('row_tokens', '')} | "
+                     f"{_number(row.get('model_own_mb'), '.0f')} | {_number(row.get('peak_above_mb'), '.0f')} | "
+                     f"{_number(row.get('seconds'), '.1f')} | {_number(row.get('load_1m_before'), '.1f')} | "
+                     f"{row['status']} {row.get('note', '')[:60]} |")
+    lines += ["", f"| provider | KiB per token of L | vs TRL | fit r² | longest L in {budget_gib:g} GiB |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for entry in summary:
+        lines.append(f"| {entry['provider']} | {_number(entry.get('kib_per_token'), '.1f')} | "
+                     f"{_number(entry.get('per_token_vs_trl'), '.2f')} | {_number(entry.get('r2'), '.3f')} | "
+                     f"{_number(entry.get('longest_length'), ',')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def plot(rows: list[dict], summary: list[dict], env: dict, path: Path, *, title: str) -> Path | None:
+    """Peak memory above the model's own vs ``L``, one line per provider (points measured,
+    dashed: the fitted line)."""
+    plt = headless_pyplot()
+    if plt is None:
+        return None
+    fig, axis = plt.subplots(figsize=(7.5, 4.8))
+    fits = {entry["provider"]: entry for entry in summary if "kib_per_token" in entry}
+    for provider in dict.fromkeys(row["provider"] for row in rows):
+        ok = sorted((row["length"], row["peak_above_mb"] / 1024) for row in rows
+                    if row["provider"] == provider and row["status"] == "ok")
+        if not ok:
+            continue
+        (line,) = axis.plot([x for x, _ in ok], [y for _, y in ok], marker="o", label=provider)
+        if provider in fits:
+            fit = fits[provider]
+            xs = [ok[0][0], ok[-1][0]]
+            axis.plot(xs, [(fit["intercept_mb"] + fit["kib_per_token"] / 1024 * x) / 1024 for x in xs],
+                      linestyle="--", color=line.get_color(), linewidth=0.8)
+    axis.set(xlabel="context length L (tokens of [P C]; prompt 3/4, answers 1/4)",
+             ylabel="peak memory above the model's own (GiB)", xscale="log", yscale="log")
+    axis.legend(fontsize=8)
+    fig.suptitle(f"{title}\n{env['device']} - torch {env['packages'].get('torch')} - {env['date_utc'][:10]}",
+                 fontsize=9)
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--providers", nargs="+", choices=sorted(PROVIDERS), help="default: all for the device")
+    parser.add_argument("--lengths", nargs="+", type=int, help="override the preset's context lengths")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--case", nargs=2, metavar=("PROVIDER", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.lengths:
+        preset = dataclasses.replace(preset, lengths=tuple(args.lengths))
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but CUDA is not available")
+    if args.case:  # one case, in this (fresh) process: print its row
+        provider, length = PROVIDERS[args.case[0]], int(args.case[1])
+        print(RESULT_MARK + json.dumps(run_case(preset, provider, length, device)), flush=True)
+        return 0
+    names = args.providers or [name for name, p in PROVIDERS.items() if device.type == "cuda" or not p.cuda_only]
+    rows = []
+    for length in preset.lengths:  # interleaved, so load changes on a shared machine hit every provider
+        for name in names:
+            rows.append(_case_in_subprocess(args.preset, name, length, args.device, args.timeout))
+            row = rows[-1]
+            print(f"{name:30s} L={length:6d} {row['status']:6s} peak above {row.get('peak_above_mb', 0):9.1f} MiB "
+                  f"{row.get('seconds', 0):8.1f} s  {row.get('note', '')[:80]}", flush=True)
+    summary = summarize(rows, preset.budget_gib)
+    env = {**environment(device), "benchmark": {"name": "long_context", "preset_name": args.preset,
+                                                **dataclasses.asdict(preset), "case_env": CASE_ENV,
+                                                "providers": names},
+           "summary": summary}
+    out_dir = results_dir(args.out, env, device)
+    stem = f"long_context_{args.preset}"
+    paths = write_results(rows, env, out_dir, stem)
+    table = markdown(rows, summary, env, preset.budget_gib)
+    (out_dir / f"{stem}.md").write_text(table)
+    plot(rows, summary, env, out_dir / f"{stem}.png", title=f"One DPO step of one pair vs length ({args.preset})")
+    print(table)
+    print("wrote", paths["json"], paths["csv"], out_dir / f"{stem}.md")
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
