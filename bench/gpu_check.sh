@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one GPU check of fastalign's kernels, for an H100/H200 box with torch and triton
-# preinstalled (about 6-8 minutes). From the repository root:
+# preinstalled (about 20 minutes). From the repository root:
 #
 #     bash bench/gpu_check.sh
 #
@@ -9,7 +9,9 @@
 #    whole op/kernel suite running natively (no interpreter);
 # 2. the core grid N in {4k, 16k, 32k}, H=4096, V=128256, bf16, against naive, torch.compile,
 #    Liger and Cut Cross-Entropy, with the cost model's prediction beside each fastalign row;
-# 3. the DPO-layer benchmark.
+# 3. the DPO-layer benchmark;
+# 4. the long-row memory features on the GPU (offloaded checkpoints: pinned, asynchronous) and
+#    the long-context DPO step against TRL, L in {4k ... 64k} (about 10-15 minutes).
 # Results go to bench/results/<gpu>/ (and are copied to $OUT when that is set), each JSON with
 # the GPU name, driver, CUDA, package versions, git commit and date.
 #
@@ -49,6 +51,11 @@ step "linear log-probs grid vs peers (+ cost model)" 240 \
     python3 bench/bench_linear_logprobs.py --preset gpu-grid --repeats 5
 step "DPO layer" 120 \
     python3 bench/bench_dpo_layer.py --preset gpu-core
+step "offloaded checkpoints (pinned, asynchronous)" 120 \
+    python3 -m pytest -q -x tests/models/test_offload_gpu.py
+step "long-context DPO step vs TRL (Llama-3.2-1B shape, L 4k-64k)" 900 \
+    python3 bench/bench_long_context.py --preset gpu-1b --timeout 240 \
+        --providers trl fastalign fastalign-no-offload fastalign-none
 
 if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT/results" && cp -r bench/results/. "$OUT/results/"

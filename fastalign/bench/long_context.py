@@ -391,13 +391,20 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_MARK + json.dumps(run_case(preset, provider, length, device)), flush=True)
         return 0
     names = args.providers or [name for name, p in PROVIDERS.items() if device.type == "cuda" or not p.cuda_only]
-    rows = []
+    rows: list[dict] = []
     for length in preset.lengths:  # interleaved, so load changes on a shared machine hit every provider
         for name in names:
             rows.append(_case_in_subprocess(args.preset, name, length, args.device, args.timeout))
             row = rows[-1]
             print(f"{name:30s} L={length:6d} {row['status']:6s} peak above {row.get('peak_above_mb', 0):9.1f} MiB "
                   f"{row.get('seconds', 0):8.1f} s  {row.get('note', '')[:80]}", flush=True)
+            table = _write(rows, preset, args, names, device)  # after every case: a killed run keeps its rows
+    print(table)
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+def _write(rows: list[dict], preset: LongContextPreset, args, names: list[str], device: torch.device) -> str:
+    """JSON (environment, summary, rows), CSV, the Markdown tables and the plot; returns the tables."""
     summary = summarize(rows, preset.budget_gib)
     env = {**environment(device), "benchmark": {"name": "long_context", "preset_name": args.preset,
                                                 **dataclasses.asdict(preset), "case_env": CASE_ENV,
@@ -405,13 +412,11 @@ def main(argv: list[str] | None = None) -> int:
            "summary": summary}
     out_dir = results_dir(args.out, env, device)
     stem = f"long_context_{args.preset}"
-    paths = write_results(rows, env, out_dir, stem)
+    write_results(rows, env, out_dir, stem)
     table = markdown(rows, summary, env, preset.budget_gib)
     (out_dir / f"{stem}.md").write_text(table)
     plot(rows, summary, env, out_dir / f"{stem}.png", title=f"One DPO step of one pair vs length ({args.preset})")
-    print(table)
-    print("wrote", paths["json"], paths["csv"], out_dir / f"{stem}.md")
-    return 0 if all(row["status"] == "ok" for row in rows) else 1
+    return table
 
 
 if __name__ == "__main__":  # pragma: no cover
