@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fastalign.bench.environment import environment
+from fastalign.bench.environment import environment, load_average
 from fastalign.bench.linear_logprobs import MODES, add_comparisons, rows_as_dicts, run_benchmark
 from fastalign.bench.report import plot_results, results_dir, write_results
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--repeats", type=int, help="timed repeats per case")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="results root folder")
     args = parser.parse_args(argv)
 
@@ -66,14 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but CUDA is not available")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or preset["repeats"]
     if repeats < 1:
         parser.error("--repeats must be >= 1")
+    load_before = load_average()
     rows = run_benchmark(
         args.providers or preset["providers"], args.shapes or preset["shapes"],
         dtype=DTYPES[args.dtype or preset["dtype"]], device=device, modes=args.modes, repeats=repeats,
     )
     env = environment(device)
+    env["load_average"] = {"before": load_before, "after": load_average()}
     out_dir = results_dir(args.out, env, device)
     stem = f"linear_logprobs_{args.preset}"
     records = add_comparisons(rows_as_dicts(rows), env["device"])
@@ -82,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         timing = f"{r['median_ms']:.2f} ms, {r['peak_mem_mb']:.0f} MiB" if r["status"] == "ok" else r["note"]
         if r.get("time_vs_naive") is not None and r["provider"] != "naive":
-            timing += f"  ({r['time_vs_naive']:.2f}x naive time, {r['memory_vs_naive']:.3f}x its memory)"
+            timing += f"  ({r['time_vs_naive']:.2f}x naive time, {r['memory_vs_naive']:.3f}x its memory"
+            if r.get("cpu_time_vs_naive") is not None:
+                timing += f", {r['cpu_time_vs_naive']:.2f}x its process CPU time"
+            timing += ")"
         if r.get("measured_over_predicted") is not None:
             timing += f"  [cost model {r['predicted_ms']:.2f} ms: measured/predicted {r['measured_over_predicted']:.2f}]"
         print(f"{r['provider']:>18} {r['mode']:>16} N={r['n']:<6} V={r['v']:<7} {r['status']:>7}  {timing}")

@@ -130,7 +130,7 @@ def _cost_model_gpu(device_name: str) -> str | None:
 
 def add_comparisons(records: list[dict], device_name: str) -> list[dict]:
     """Add, per row, time and peak memory relative to ``naive`` on the same shape and mode
-    (``time_vs_naive``, ``memory_vs_naive``), and for fastalign on a modeled GPU the cost
+    (``time_vs_naive``, ``cpu_time_vs_naive`` on CPU, ``memory_vs_naive``), and for fastalign on a modeled GPU the cost
     model's prediction (``predicted_ms``) and ``measured_over_predicted``."""
     from fastalign.kernels.cost import predict
 
@@ -139,13 +139,15 @@ def add_comparisons(records: list[dict], device_name: str) -> list[dict]:
     gpu = _cost_model_gpu(device_name)
     elem = {"bfloat16": 2, "float16": 2, "float32": 4}
     for r in records:
-        r["time_vs_naive"] = r["memory_vs_naive"] = None
+        r["time_vs_naive"] = r["cpu_time_vs_naive"] = r["memory_vs_naive"] = None
         r["predicted_ms"] = r["measured_over_predicted"] = None
         if r["status"] != "ok":
             continue
         base = naive.get((r["mode"], r["n"], r["h"], r["v"]))
         if base is not None:
             r["time_vs_naive"] = r["median_ms"] / base["median_ms"]
+            if r.get("cpu_median_ms") and base.get("cpu_median_ms"):
+                r["cpu_time_vs_naive"] = r["cpu_median_ms"] / base["cpu_median_ms"]
             if base["peak_mem_mb"]:
                 r["memory_vs_naive"] = r["peak_mem_mb"] / base["peak_mem_mb"]
         if r["provider"] == "fastalign" and gpu is not None and r["dtype"] in elem:

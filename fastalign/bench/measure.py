@@ -18,6 +18,9 @@ class Timing:
     p20_ms: float
     p80_ms: float
     repeats: int
+    # CPU only: median process CPU time of a run. On a shared machine other processes stretch
+    # wall time far more than the process's own CPU time, so ratios of it compare better.
+    cpu_median_ms: float | None = None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -40,10 +43,14 @@ def time_callable(fn: Callable[[], object], device: torch.device, *, warmup: int
             torch.cuda.synchronize(device)
             samples.append(start.elapsed_time(end))
     else:
+        cpu_samples = []
         for _ in range(repeats):
-            begin = time.perf_counter()
+            begin, cpu_begin = time.perf_counter(), time.process_time()
             fn()
             samples.append((time.perf_counter() - begin) * 1e3)
+            cpu_samples.append((time.process_time() - cpu_begin) * 1e3)
+        return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8),
+                      repeats, statistics.median(cpu_samples))
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), repeats)
 
 

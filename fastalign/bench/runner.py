@@ -21,6 +21,7 @@ class Row:
     status: str  # ok | oom | skipped | failed_check | error
     note: str = ""
     median_ms: float | None = None
+    cpu_median_ms: float | None = None  # process CPU time (CPU runs only)
     p20_ms: float | None = None
     p80_ms: float | None = None
     peak_mem_mb: float | None = None
@@ -40,6 +41,7 @@ def measure_case(row: Row, build_step: Callable[[], Callable[[], object]], devic
         step = build_step()
         timing = time_callable(step, device, repeats=repeats)
         row.median_ms, row.p20_ms, row.p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
+        row.cpu_median_ms = timing.cpu_median_ms
         row.peak_mem_mb = peak_memory_bytes(step, device) / 2**20
         row.tflops = useful_flops / (timing.median_ms * 1e-3) / 1e12
         if gemm_ms is not None:
