@@ -102,10 +102,52 @@ def _dot_precision(dtype: str) -> str:
     return "ieee" if dtype == "fp32" else "tf32"
 
 
-def _check_dtype(dtype: str) -> str:
-    if dtype not in _TRITON_TYPES:
-        raise ValueError(f"dtype must be one of {sorted(_TRITON_TYPES)}, got {dtype!r}")
-    return dtype
+@dataclass(frozen=True)
+class HeadCall:
+    """One call of the fused head as the kernels see it: shapes, operand dtype (a Triton type
+    name, e.g. ``"bf16"``), how hidden rows are addressed, which features are on, and the
+    scalars shared by every kernel."""
+
+    n_rows: int
+    vocab: int
+    hidden_size: int
+    dtype: str
+    layout: RowLayout
+    features: Features
+    targets_dtype: str = "i64"
+    ignore_index: int = -100
+    softcap: float = 1.0
+    inv_temperature: float = 1.0
+    stride_wv: int | None = None  # row stride of the weight (default: hidden_size)
+
+    def __post_init__(self):
+        if self.dtype not in _TRITON_TYPES:
+            raise ValueError(f"dtype must be one of {sorted(_TRITON_TYPES)}, got {self.dtype!r}")
+
+    def input_pointers(self) -> dict[str, str]:
+        return {"h_ptr": f"*{self.dtype}", "w_ptr": f"*{self.dtype}", "b_ptr": f"*{self.dtype}",
+                "targets_ptr": f"*{self.targets_dtype}"}
+
+    def row_scalars(self) -> dict:
+        """Hidden-row addressing, weight stride and the per-logit scalars."""
+        return dict(
+            rows_inner=self.layout.rows_inner, stride_outer=self.layout.stride_outer,
+            stride_inner=self.layout.stride_inner, stride_wv=self.stride_wv or self.hidden_size,
+            ignore_index=self.ignore_index, softcap=float(self.softcap),
+            inv_temperature=float(self.inv_temperature),
+        )
+
+    def tile_constexprs(self) -> dict:
+        """What every logits tile is compiled for."""
+        return dict(
+            HAS_BIAS=self.features.has_bias, HAS_SOFTCAP=self.features.has_softcap,
+            ROW_ALIGN=self.layout.row_align, EVEN_K=self.hidden_size % MAX_BLOCK_K == 0,
+            DOT_PRECISION=_dot_precision(self.dtype),
+        )
+
+    def upstream_constexprs(self) -> dict:
+        f = self.features
+        return dict(HAS_DLOGP=f.has_dlogp, HAS_DLSE=f.has_dlse, HAS_DENTROPY=f.has_dentropy, HAS_DZSUM=f.has_dzsum)
 
 
 def forward_chunks(n_rows: int, vocab: int, num_sms: int, num_chunks: int | None = None) -> tuple[int, int]:
@@ -122,81 +164,40 @@ def forward_chunks(n_rows: int, vocab: int, num_sms: int, num_chunks: int | None
     return cdiv(vocab, v_per_chunk), v_per_chunk
 
 
-def forward_plan(
-    n_rows: int,
-    vocab: int,
-    hidden_size: int,
-    dtype: str,
-    layout: RowLayout,
-    features: Features,
-    *,
-    num_sms: int,
-    targets_dtype: str = "i64",
-    ignore_index: int = -100,
-    softcap: float = 1.0,
-    inv_temperature: float = 1.0,
-    num_chunks: int | None = None,
-    stride_wv: int | None = None,
-) -> tuple[Launch, Launch, int]:
+_PARTIALS = ("part_max_ptr", "part_sum_ptr", "part_moment_ptr", "part_zsum_ptr", "target_logit_ptr")
+
+
+def forward_plan(call: HeadCall, *, num_sms: int, num_chunks: int | None = None) -> tuple[Launch, Launch, int]:
     """The forward kernel's and the combine kernel's launches, and the number of chunks."""
-    _check_dtype(dtype)
-    chunks, v_per_chunk = forward_chunks(n_rows, vocab, num_sms, num_chunks)
+    n, f = call.n_rows, call.features
+    chunks, v_per_chunk = forward_chunks(n, call.vocab, num_sms, num_chunks)
+    partials = {name: "*fp32" for name in _PARTIALS}
     forward = Launch(
         kernel=linear_logprob_fwd_kernel,
         table="forward",
-        grid=lambda meta: (cdiv(n_rows, meta["BLOCK_N"]) * chunks,),
-        pointers={
-            "h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
-            "targets_ptr": f"*{targets_dtype}", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
-            "part_moment_ptr": "*fp32", "part_zsum_ptr": "*fp32", "target_logit_ptr": "*fp32",
-        },
-        scalars=dict(
-            N=n_rows, V=vocab, H=hidden_size, n_bucket=n_bucket(n_rows), num_chunks=chunks,
-            v_per_chunk=v_per_chunk, rows_inner=layout.rows_inner,
-            stride_outer=layout.stride_outer, stride_inner=layout.stride_inner,
-            stride_wv=stride_wv or hidden_size, ignore_index=ignore_index, softcap=float(softcap),
-            inv_temperature=float(inv_temperature),
-        ),
-        constexprs=dict(
-            HAS_BIAS=features.has_bias, HAS_SOFTCAP=features.has_softcap,
-            WITH_ENTROPY=features.with_entropy, WITH_ZSUM=features.with_logit_sum,
-            ROW_ALIGN=layout.row_align, EVEN_K=hidden_size % MAX_BLOCK_K == 0,
-            DOT_PRECISION=_dot_precision(dtype),
-        ),
+        grid=lambda meta: (cdiv(n, meta["BLOCK_N"]) * chunks,),
+        pointers={**call.input_pointers(), **partials},
+        scalars=dict(N=n, V=call.vocab, H=call.hidden_size, n_bucket=n_bucket(n), num_chunks=chunks,
+                     v_per_chunk=v_per_chunk, **call.row_scalars()),
+        constexprs=dict(WITH_ENTROPY=f.with_entropy, WITH_ZSUM=f.with_logit_sum, **call.tile_constexprs()),
     )
+    outputs = ("logprob_ptr", "entropy_ptr", "lse_ptr", "zsum_ptr", "max_ptr")
     combine = Launch(
         kernel=linear_logprob_combine_kernel,
         table=None,
-        grid=lambda meta: (cdiv(n_rows, COMBINE_BLOCK),),
-        pointers={
-            "targets_ptr": f"*{targets_dtype}", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
-            "part_moment_ptr": "*fp32", "part_zsum_ptr": "*fp32", "target_logit_ptr": "*fp32",
-            "logprob_ptr": "*fp32", "entropy_ptr": "*fp32", "lse_ptr": "*fp32",
-            "zsum_ptr": "*fp32", "max_ptr": "*fp32",
-        },
-        scalars=dict(N=n_rows, num_chunks=chunks, ignore_index=ignore_index),
-        constexprs=dict(
-            WITH_ENTROPY=features.with_entropy, WITH_ZSUM=features.with_logit_sum,
-            SAVE_LSE=True, WITH_MAX=features.with_max_logit, BLOCK=COMBINE_BLOCK,
-        ),
+        grid=lambda meta: (cdiv(n, COMBINE_BLOCK),),
+        pointers={"targets_ptr": f"*{call.targets_dtype}", **partials, **{name: "*fp32" for name in outputs}},
+        scalars=dict(N=n, num_chunks=chunks, ignore_index=call.ignore_index),
+        constexprs=dict(WITH_ENTROPY=f.with_entropy, WITH_ZSUM=f.with_logit_sum, SAVE_LSE=True,
+                        WITH_MAX=f.with_max_logit, BLOCK=COMBINE_BLOCK),
         num_warps=4,
     )
     return forward, combine, chunks
 
 
-def _upstream_constexprs(features: Features) -> dict:
-    return dict(
-        HAS_DLOGP=features.has_dlogp, HAS_DLSE=features.has_dlse,
-        HAS_DENTROPY=features.has_dentropy, HAS_DZSUM=features.has_dzsum,
-    )
-
-
-def _backward_pointers(dtype: str, targets_dtype: str) -> dict[str, str]:
-    return {
-        "h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "b_ptr": f"*{dtype}",
-        "targets_ptr": f"*{targets_dtype}", "lse_ptr": "*fp32", "entropy_ptr": "*fp32",
-        "dlogp_ptr": "*fp32", "dlse_ptr": "*fp32", "dentropy_ptr": "*fp32", "dzsum_ptr": "*fp32",
-    }
+def _backward_pointers(call: HeadCall) -> dict[str, str]:
+    statistics = ("lse_ptr", "entropy_ptr", "dlogp_ptr", "dlse_ptr", "dentropy_ptr", "dzsum_ptr")
+    return {**call.input_pointers(), **{name: "*fp32" for name in statistics}}
 
 
 def dlogits_out_stride(vocab: int) -> int:
@@ -212,98 +213,58 @@ def backward_chunk_rows(n_rows: int, vocab: int, elem_bytes: int, budget_bytes: 
     return min(rows, cdiv(n_rows, CHUNK_ROW_MULTIPLE) * CHUNK_ROW_MULTIPLE)
 
 
-def dlogits_plan(
-    row_start: int,
-    chunk_rows: int,
-    vocab: int,
-    hidden_size: int,
-    dtype: str,
-    layout: RowLayout,
-    features: Features,
-    *,
-    total_rows: int,
-    targets_dtype: str = "i64",
-    ignore_index: int = -100,
-    softcap: float = 1.0,
-    inv_temperature: float = 1.0,
-    stride_wv: int | None = None,
-) -> Launch:
+def dlogits_plan(call: HeadCall, row_start: int, chunk_rows: int) -> Launch:
     """The gradient-of-logits kernel for rows ``[row_start, row_start + chunk_rows)``."""
-    _check_dtype(dtype)
-    pointers = _backward_pointers(dtype, targets_dtype)
-    pointers["out_ptr"] = f"*{dtype}"
+    vocab = call.vocab
     return Launch(
         kernel=linear_logprob_dlogits_kernel,
         table="dlogits",
         grid=lambda meta: (cdiv(chunk_rows, meta["BLOCK_N"]) * cdiv(vocab, meta["BLOCK_V"]),),
-        pointers=pointers,
-        scalars=dict(
-            row_start=row_start, chunk_rows=chunk_rows, V=vocab, H=hidden_size,
-            n_bucket=n_bucket(total_rows), stride_out=dlogits_out_stride(vocab),
-            rows_inner=layout.rows_inner, stride_outer=layout.stride_outer,
-            stride_inner=layout.stride_inner, stride_wv=stride_wv or hidden_size, ignore_index=ignore_index,
-            softcap=float(softcap), inv_temperature=float(inv_temperature),
-        ),
-        constexprs=dict(
-            HAS_BIAS=features.has_bias, HAS_SOFTCAP=features.has_softcap,
-            **_upstream_constexprs(features),
-            ROW_ALIGN=layout.row_align, EVEN_K=hidden_size % MAX_BLOCK_K == 0,
-            DOT_PRECISION=_dot_precision(dtype),
-        ),
+        pointers={**_backward_pointers(call), "out_ptr": f"*{call.dtype}"},
+        scalars=dict(row_start=row_start, chunk_rows=chunk_rows, V=vocab, H=call.hidden_size,
+                     n_bucket=n_bucket(call.n_rows), stride_out=dlogits_out_stride(vocab),
+                     **call.row_scalars()),
+        constexprs=dict(**call.upstream_constexprs(), **call.tile_constexprs()),
     )
 
 
-def fused_backward_plan(
-    n_rows: int,
-    vocab: int,
-    hidden_size: int,
-    dtype: str,
-    layout: RowLayout,
-    features: Features,
-    *,
-    own_rows: bool,
-    splits: int,
-    compute_dh: bool,
-    compute_dw: bool,
-    compute_db: bool,
-    dh_atomic: bool,
-    dw_atomic: bool,
-    filter_eps: float | None = None,
-    targets_dtype: str = "i64",
-    ignore_index: int = -100,
-    softcap: float = 1.0,
-    inv_temperature: float = 1.0,
-    stride_wv: int | None = None,
-) -> Launch:
+@dataclass(frozen=True)
+class FusedSchedule:
+    """One launch of the minimum-memory backward: who owns what, and which sums are atomic."""
+
+    own_rows: bool
+    splits: int
+    compute_dh: bool
+    compute_dw: bool
+    compute_db: bool
+    dh_atomic: bool
+    dw_atomic: bool
+    filter_eps: float | None = None
+
+
+def fused_backward_plan(call: HeadCall, schedule: FusedSchedule) -> Launch:
     """One launch of the minimum-memory backward (see ``linear_logprob_bwd_fused``)."""
-    _check_dtype(dtype)
-    pointers = _backward_pointers(dtype, targets_dtype)
-    pointers.update({"dh_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32"})
+    n, vocab = call.n_rows, call.vocab
 
     def grid(meta):
-        owned = cdiv(n_rows, meta["BLOCK_N"]) if own_rows else cdiv(vocab, meta["BLOCK_V"])
-        return (owned, splits)
+        owned = cdiv(n, meta["BLOCK_N"]) if schedule.own_rows else cdiv(vocab, meta["BLOCK_V"])
+        return (owned, schedule.splits)
 
     return Launch(
         kernel=linear_logprob_bwd_fused_kernel,
         table="fused_backward",
         grid=grid,
-        pointers=pointers,
+        pointers={**_backward_pointers(call), "dh_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32"},
         scalars=dict(
-            N=n_rows, V=vocab, H=hidden_size, n_bucket=n_bucket(n_rows),
-            rows_inner=layout.rows_inner, stride_outer=layout.stride_outer,
-            stride_inner=layout.stride_inner, stride_wv=stride_wv or hidden_size, ignore_index=ignore_index,
-            softcap=float(softcap), inv_temperature=float(inv_temperature),
-            filter_eps=float(filter_eps) if filter_eps is not None else 0.0,
+            N=n, V=vocab, H=call.hidden_size, n_bucket=n_bucket(n), **call.row_scalars(),
+            filter_eps=float(schedule.filter_eps) if schedule.filter_eps is not None else 0.0,
         ),
         constexprs=dict(
-            HAS_BIAS=features.has_bias, HAS_SOFTCAP=features.has_softcap,
-            **_upstream_constexprs(features),
-            COMPUTE_DH=compute_dh, COMPUTE_DW=compute_dw, COMPUTE_DB=compute_db,
-            DH_ATOMIC=dh_atomic, DW_ATOMIC=dw_atomic, OWN_ROWS=own_rows,
+            **call.upstream_constexprs(),
+            COMPUTE_DH=schedule.compute_dh, COMPUTE_DW=schedule.compute_dw, COMPUTE_DB=schedule.compute_db,
+            DH_ATOMIC=schedule.dh_atomic, DW_ATOMIC=schedule.dw_atomic, OWN_ROWS=schedule.own_rows,
             # The logit-sum gradient is uniform over the vocabulary: nothing may be filtered.
-            FILTER=filter_eps is not None and not features.has_dzsum,
-            ROW_ALIGN=layout.row_align, EVEN_K=hidden_size % MAX_BLOCK_K == 0,
-            DOT_PRECISION=_dot_precision(dtype),
+            FILTER=schedule.filter_eps is not None and not call.features.has_dzsum,
+            **call.tile_constexprs(),
         ),
     )

@@ -100,26 +100,25 @@ def launches(n: int, h: int, v: int, dtype: str, arch: int, variant: str) -> dic
     features = VARIANTS[variant]
     align = 16 // _DTYPES[dtype] if h % (16 // _DTYPES[dtype]) == 0 else 1
     layout = plans.RowLayout(rows_inner=n, stride_outer=0, stride_inner=h, row_align=align)
-    scalars = dict(
+    call = plans.HeadCall(
+        n_rows=n, vocab=v, hidden_size=h, dtype=dtype, layout=layout, features=features,
         softcap=30.0 if features.has_softcap else 1.0,
         inv_temperature=1.0 / 0.7 if variant == "full" else 1.0,
     )
-    forward, combine, _ = plans.forward_plan(n, v, h, dtype, layout, features, num_sms=GPU_SMS.get(arch, 132), **scalars)
+    forward, combine, _ = plans.forward_plan(call, num_sms=GPU_SMS.get(arch, 132))
     chunk = plans.backward_chunk_rows(n, v, _DTYPES[dtype], DEFAULT_BACKWARD_BUDGET) or plans.CHUNK_ROW_MULTIPLE
     out = {
         "forward": forward,
         "combine": combine,
-        "dlogits": plans.dlogits_plan(0, min(chunk, n), v, h, dtype, layout, features, total_rows=n, **scalars),
+        "dlogits": plans.dlogits_plan(call, 0, min(chunk, n)),
         # Minimum-memory backward: rows owned (dW by relaxed atomics) and, in deterministic
         # mode, vocab owned (no atomics at all).
-        "fused_backward_rows": plans.fused_backward_plan(
-            n, v, h, dtype, layout, features, own_rows=True, splits=1, compute_dh=True,
-            compute_dw=True, compute_db=features.has_bias, dh_atomic=False, dw_atomic=True, **scalars,
-        ),
-        "fused_backward_vocab": plans.fused_backward_plan(
-            n, v, h, dtype, layout, features, own_rows=False, splits=1, compute_dh=False,
-            compute_dw=True, compute_db=features.has_bias, dh_atomic=False, dw_atomic=False, **scalars,
-        ),
+        "fused_backward_rows": plans.fused_backward_plan(call, plans.FusedSchedule(
+            own_rows=True, splits=1, compute_dh=True, compute_dw=True, compute_db=features.has_bias,
+            dh_atomic=False, dw_atomic=True)),
+        "fused_backward_vocab": plans.fused_backward_plan(call, plans.FusedSchedule(
+            own_rows=False, splits=1, compute_dh=False, compute_dw=True, compute_db=features.has_bias,
+            dh_atomic=False, dw_atomic=False)),
     }
     return out
 

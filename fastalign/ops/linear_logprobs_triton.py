@@ -124,11 +124,13 @@ def _launch(launch: plans.Launch, tensors: dict[str, torch.Tensor]) -> None:
     launch.kernel[launch.grid](**tensors, **launch.scalars, **launch.constexprs, **options)
 
 
-def _scalars(ignore_index: int, temperature: float, softcap: float | None) -> dict:
-    return dict(
-        ignore_index=int(ignore_index),
+def _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap) -> plans.HeadCall:
+    return plans.HeadCall(
+        n_rows=flat_targets.numel(), vocab=weight.shape[0], hidden_size=weight.shape[1],
+        dtype=_TRITON_DTYPE[hidden.dtype], layout=layout, features=features,
+        targets_dtype=_TRITON_DTYPE[flat_targets.dtype], ignore_index=int(ignore_index),
         softcap=float(softcap) if softcap is not None else 1.0,
-        inv_temperature=1.0 / float(temperature),
+        inv_temperature=1.0 / float(temperature), stride_wv=weight.stride(0),
     )
 
 
@@ -153,7 +155,6 @@ def triton_forward(
     """
     device = hidden.device
     n_rows = targets.numel()
-    vocab, hidden_size = weight.shape
     layout, hidden = kernel_row_layout(hidden)
     weight = _weight_for_kernels(weight)
     flat_targets = _flat_targets(targets)
@@ -161,12 +162,8 @@ def triton_forward(
         has_bias=bias is not None, has_softcap=softcap is not None, with_entropy=with_entropy,
         with_logit_sum=with_logit_sum, with_max_logit=with_max_logit,
     )
-    forward, combine, chunks = plans.forward_plan(
-        n_rows, vocab, hidden_size, _TRITON_DTYPE[hidden.dtype], layout, features,
-        num_sms=_multiprocessors(device), targets_dtype=_TRITON_DTYPE[flat_targets.dtype],
-        num_chunks=num_splits, stride_wv=weight.stride(0),
-        **_scalars(ignore_index, temperature, softcap),
-    )
+    call = _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap)
+    forward, combine, chunks = plans.forward_plan(call, num_sms=_multiprocessors(device), num_chunks=num_splits)
     f32 = dict(dtype=torch.float32, device=device)
     part_max = torch.empty((chunks, n_rows), **f32)
     part_sum = torch.empty((chunks, n_rows), **f32)
@@ -246,8 +243,8 @@ class _ChunkRows:
         return self.hidden[torch.unravel_index(rows, self.hidden.shape[:-1])]
 
 
-def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, layout, features,
-                      scalars, chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad):
+def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, call: plans.HeadCall,
+                      chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad):
     device = hidden.device
     n_rows = flat_targets.numel()
     vocab, hidden_size = weight.shape
@@ -264,12 +261,7 @@ def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, l
     )
     for start in range(0, n_rows, chunk_rows):
         rows = min(chunk_rows, n_rows - start)
-        launch = plans.dlogits_plan(
-            start, rows, vocab, hidden_size, _TRITON_DTYPE[hidden.dtype], layout, features,
-            total_rows=n_rows, targets_dtype=_TRITON_DTYPE[flat_targets.dtype],
-            stride_wv=weight.stride(0), **scalars,
-        )
-        _launch(launch, pointers)
+        _launch(plans.dlogits_plan(call, start, rows), pointers)
         grad_logits = buffer[:rows, :vocab]
         if grad_hidden is not None:
             grad_hidden[start:start + rows] = matmul_fp32(grad_logits, weight)
@@ -280,8 +272,8 @@ def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, l
     return grad_hidden, grad_weight, grad_bias
 
 
-def _fused_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, layout, features,
-                    scalars, needs_hidden_grad, needs_weight_grad, needs_bias_grad,
+def _fused_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, call: plans.HeadCall,
+                    needs_hidden_grad, needs_weight_grad, needs_bias_grad,
                     deterministic, filter_eps, num_splits):
     device = hidden.device
     n_rows = flat_targets.numel()
@@ -296,17 +288,15 @@ def _fused_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, lay
         h_ptr=hidden, w_ptr=weight, b_ptr=bias if bias is not None else weight,
         targets_ptr=flat_targets, **_upstream_pointers(grads, lse, entropy),
     )
-    dtype = _TRITON_DTYPE[hidden.dtype]
 
     def launch(own_rows, splits, compute_dh, compute_params, dh_atomic, dw_atomic):
-        plan = plans.fused_backward_plan(
-            n_rows, vocab, hidden_size, dtype, layout, features, own_rows=own_rows, splits=splits,
-            compute_dh=compute_dh, compute_dw=compute_params and needs_weight_grad,
+        schedule = plans.FusedSchedule(
+            own_rows=own_rows, splits=splits, compute_dh=compute_dh,
+            compute_dw=compute_params and needs_weight_grad,
             compute_db=compute_params and needs_bias_grad, dh_atomic=dh_atomic,
             dw_atomic=dw_atomic, filter_eps=filter_eps,
-            targets_dtype=_TRITON_DTYPE[flat_targets.dtype], stride_wv=weight.stride(0), **scalars,
         )
-        _launch(plan, dict(
+        _launch(plans.fused_backward_plan(call, schedule), dict(
             **base,
             dh_ptr=grad_hidden if compute_dh else scratch,
             dw_ptr=grad_weight if compute_params and grad_weight is not None else scratch,
@@ -369,15 +359,14 @@ def triton_backward(
     chunked mode is deterministic and exact).
     """
     n_rows = targets.numel()
-    vocab, hidden_size = weight.shape
-    mode, chunk_rows = choose_backward(backward, n_rows, vocab, hidden.element_size(), memory_budget)
+    mode, chunk_rows = choose_backward(backward, n_rows, weight.shape[0], hidden.element_size(), memory_budget)
     grad_shape = hidden.shape
     layout, hidden = kernel_row_layout(hidden)
     weight = _weight_for_kernels(weight)
     flat_targets = _flat_targets(targets)
     upstream = {name: grads.get(name) for name in ("logprobs", "lse", "entropy", "logit_sum")}
     features = _upstream_features(upstream, bias, softcap)
-    scalars = _scalars(ignore_index, temperature, softcap)
+    call = _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap)
     if n_rows == 0 or all(g is None for g in upstream.values()):
         dh = torch.zeros(grad_shape, dtype=hidden.dtype, device=hidden.device) if needs_hidden_grad else None
         dw = torch.zeros_like(weight) if needs_weight_grad else None
@@ -385,12 +374,12 @@ def triton_backward(
         return dh, dw, db
     if mode == "chunked":
         dh, dw, db = _chunked_backward(
-            hidden, weight, bias, flat_targets, lse, entropy, upstream, layout, features, scalars,
+            hidden, weight, bias, flat_targets, lse, entropy, upstream, call,
             chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad,
         )
     else:
         dh, dw, db = _fused_backward(
-            hidden, weight, bias, flat_targets, lse, entropy, upstream, layout, features, scalars,
+            hidden, weight, bias, flat_targets, lse, entropy, upstream, call,
             needs_hidden_grad, needs_weight_grad, needs_bias_grad, deterministic, filter_eps,
             num_splits,
         )
