@@ -28,9 +28,10 @@ Memory: the peak above the memory of the trainer after a warm-up step at a short
 of policy and reference, gradients, AdamW state: "the model's own"). On CPU the resident set
 size sampled every 5 ms (``fastalign.bench.pipeline.memory_meter(..., "rss")``; each case runs
 in a fresh process with glibc's mmap threshold fixed, so freed tensors leave the resident set),
-on CUDA ``torch.cuda.max_memory_allocated``. Per provider a least-squares line through
-(``L``, peak) gives the memory per token of context length (the slope) and the longest ``L``
-whose total (model's own + line) fits the preset's budget (16 GiB on CPU, 80 GiB on GPU).
+on CUDA ``torch.cuda.max_memory_allocated``. Per provider (``summarize``): the memory per token
+of context length (the marginal slope at the long end, and a least-squares line over all
+lengths) and the longest ``L`` whose total fits the preset's budget (16 GiB on CPU, 80 GiB on
+GPU).
 Seconds per step: one step, on a shared machine; the 1-minute load average is recorded beside
 every case.
 
@@ -296,25 +297,35 @@ def fit_line(points: list[tuple[float, float]]) -> tuple[float, float, float] | 
 
 
 def summarize(rows: list[dict], budget_gib: float) -> list[dict]:
-    """Per provider: memory per token of context length (slope of the fit), its fit, and the
-    longest ``L`` whose model's own + fitted peak fits ``budget_gib``."""
+    """Per provider: memory per token of context length and the longest ``L`` in ``budget_gib``.
+
+    ``kib_per_token`` is the marginal slope between the two longest lengths measured: what one
+    more token costs at the long end. Buffers that grow only up to some length (TRL's head works
+    in tiles of 4096 tokens, so its tiles stop growing at ``2L = 4096``) make a line through
+    all points steeper than that; the least-squares line over all points is reported beside it
+    (``fit_kib_per_token``, ``fit_r2``). ``longest_length`` extrapolates from the longest
+    measured step with the marginal slope: model's own + peak(L_max) + slope·(L - L_max) = budget.
+    """
     summary = []
     for provider in dict.fromkeys(row["provider"] for row in rows):
-        ok = [row for row in rows if row["provider"] == provider and row["status"] == "ok"]
-        line = fit_line([(row["length"], row["peak_above_mb"]) for row in ok])
+        ok = sorted((row for row in rows if row["provider"] == provider and row["status"] == "ok"),
+                    key=lambda row: row["length"])
         entry: dict[str, Any] = dict(provider=provider, lengths=len(ok))
-        if line is not None:
-            intercept, slope, r2 = line
-            own = max(row["model_own_mb"] for row in ok)
-            longest = (budget_gib * 1024 - own - intercept) / slope if slope > 0 else None
-            entry.update(kib_per_token=slope * 1024, intercept_mb=intercept, r2=r2, model_own_mb=own,
-                         longest_length=int(longest) if longest is not None else None,
-                         seconds_at_longest_measured=max(ok, key=lambda row: row["length"])["seconds"])
+        if len(ok) >= 2:
+            last, before = ok[-1], ok[-2]
+            slope = (last["peak_above_mb"] - before["peak_above_mb"]) / (last["length"] - before["length"])
+            intercept, fit_slope, r2 = fit_line([(row["length"], row["peak_above_mb"]) for row in ok])
+            room = budget_gib * 1024 - last["model_own_mb"] - last["peak_above_mb"]
+            longest = last["length"] + room / slope if slope > 0 else None
+            entry.update(kib_per_token=slope * 1024, fit_kib_per_token=fit_slope * 1024, fit_intercept_mb=intercept,
+                         fit_r2=r2, model_own_mb=last["model_own_mb"], longest_measured=last["length"],
+                         peak_at_longest_mb=last["peak_above_mb"], seconds_at_longest=last.get("seconds"),
+                         longest_length=int(longest) if longest is not None and longest > 0 else None)
         summary.append(entry)
-    best_trl = next((entry for entry in summary if entry["provider"] == "trl" and "kib_per_token" in entry), None)
+    trl = next((entry for entry in summary if entry["provider"] == "trl" and "kib_per_token" in entry), None)
     for entry in summary:
-        if best_trl and "kib_per_token" in entry:
-            entry["per_token_vs_trl"] = entry["kib_per_token"] / best_trl["kib_per_token"]
+        if trl is not None and "kib_per_token" in entry:
+            entry["per_token_vs_trl"] = entry["kib_per_token"] / trl["kib_per_token"]
     return summary
 
 
@@ -330,12 +341,17 @@ def markdown(rows: list[dict], summary: list[dict], env: dict, budget_gib: float
                      f"{_number(row.get('model_own_mb'), '.0f')} | {_number(row.get('peak_above_mb'), '.0f')} | "
                      f"{_number(row.get('seconds'), '.1f')} | {_number(row.get('load_1m_before'), '.1f')} | "
                      f"{row['status']} {row.get('note', '')[:60]} |")
-    lines += ["", f"| provider | KiB per token of L | vs TRL | fit r² | longest L in {budget_gib:g} GiB |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+    lines += ["", "Memory per token: the marginal slope between the two longest lengths (one more token at the long "
+              "end); beside it the least-squares slope over all lengths and its r². Longest L: extrapolated from "
+              "the longest measured step with the marginal slope.", "",
+              f"| provider | KiB per token of L | vs TRL | all-points fit (KiB/token, r²) | longest L in "
+              f"{budget_gib:g} GiB | s/step at the longest L |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for entry in summary:
+        fit = (f"{entry['fit_kib_per_token']:.1f}, {entry['fit_r2']:.3f}" if "fit_kib_per_token" in entry else "")
         lines.append(f"| {entry['provider']} | {_number(entry.get('kib_per_token'), '.1f')} | "
-                     f"{_number(entry.get('per_token_vs_trl'), '.2f')} | {_number(entry.get('r2'), '.3f')} | "
-                     f"{_number(entry.get('longest_length'), ',')} |")
+                     f"{_number(entry.get('per_token_vs_trl'), '.2f')} | {fit} | "
+                     f"{_number(entry.get('longest_length'), ',')} | {_number(entry.get('seconds_at_longest'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -344,8 +360,8 @@ def _number(value, spec: str) -> str:
 
 
 def plot(rows: list[dict], summary: list[dict], env: dict, path: Path, *, title: str) -> Path | None:
-    """Peak memory above the model's own vs ``L``, one line per provider (points measured,
-    dashed: the fitted line)."""
+    """Peak memory above the model's own vs ``L``, one line per provider (points measured;
+    dashed: the extrapolation with the marginal slope to the longest ``L`` in the budget)."""
     plt = headless_pyplot()
     if plt is None:
         return None
@@ -357,11 +373,12 @@ def plot(rows: list[dict], summary: list[dict], env: dict, path: Path, *, title:
         if not ok:
             continue
         (line,) = axis.plot([x for x, _ in ok], [y for _, y in ok], marker="o", label=provider)
-        if provider in fits:
+        if provider in fits and fits[provider].get("longest_length"):  # dashed: the extrapolation to the budget
             fit = fits[provider]
-            xs = [ok[0][0], ok[-1][0]]
-            axis.plot(xs, [(fit["intercept_mb"] + fit["kib_per_token"] / 1024 * x) / 1024 for x in xs],
-                      linestyle="--", color=line.get_color(), linewidth=0.8)
+            xs = [fit["longest_measured"], fit["longest_length"]]
+            ys = [fit["peak_at_longest_mb"] / 1024, (fit["peak_at_longest_mb"] + fit["kib_per_token"] / 1024
+                                                     * (xs[1] - xs[0])) / 1024]
+            axis.plot(xs, ys, linestyle="--", color=line.get_color(), linewidth=0.8)
     axis.set(xlabel="context length L (tokens of [P C]; prompt 3/4, answers 1/4)",
              ylabel="peak memory above the model's own (GiB)", xscale="log", yscale="log")
     axis.legend(fontsize=8)
@@ -379,7 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--case", nargs=2, metavar=("PROVIDER", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--resummarize", type=Path, metavar="JSON",
+                        help="recompute the summary, tables and plot of a results JSON (rows kept as measured)")
     args = parser.parse_args(argv)
+    if args.resummarize:
+        print(resummarize(args.resummarize))
+        return 0
     preset = PRESETS[args.preset]
     if args.lengths:
         preset = dataclasses.replace(preset, lengths=tuple(args.lengths))
@@ -401,6 +423,24 @@ def main(argv: list[str] | None = None) -> int:
             table = _write(rows, preset, args, names, device)  # after every case: a killed run keeps its rows
     print(table)
     return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+def resummarize(path: Path) -> str:
+    """Rewrite the summary (JSON), the Markdown tables and the plot of the results JSON at
+    ``path`` from its measured rows and recorded environment; returns the tables."""
+    from fastalign.bench.environment import _git_commit
+
+    data = json.loads(Path(path).read_text())
+    rows, env = data["rows"], data["environment"]
+    budget = env["benchmark"]["budget_gib"]
+    env = {**env, "summary": summarize(rows, budget), "summarized_at_commit": _git_commit()}
+    stem = Path(path).with_suffix("")
+    write_results(rows, env, stem.parent, stem.name)
+    table = markdown(rows, env["summary"], env, budget)
+    stem.with_suffix(".md").write_text(table)
+    plot(rows, env["summary"], env, stem.with_suffix(".png"),
+         title=f"One DPO step of one pair vs length ({env['benchmark']['preset_name']})")
+    return table
 
 
 def _write(rows: list[dict], preset: LongContextPreset, args, names: list[str], device: torch.device) -> str:
