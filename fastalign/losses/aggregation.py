@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from fastalign.choices import AGGREGATIONS  # torch-free, for the CLI's help
 from fastalign.losses._checks import check_choice, normalizer
-
-AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 
 
 def aggregate(

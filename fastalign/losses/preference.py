@@ -46,6 +46,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from fastalign.choices import LOSS_TYPES  # torch-free: the CLI's help lists them too
 from fastalign.losses._checks import (
     check_choice,
     check_lengths,
@@ -58,10 +59,6 @@ from fastalign.losses._checks import (
 )
 from fastalign.losses.outputs import PreferenceLossOutput, reward_summary
 
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
-    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 _NEEDS_LENGTHS = {"ipo": "both", "sigmoid_norm": "both", "sft": "chosen"}
 

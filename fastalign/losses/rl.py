@@ -11,11 +11,9 @@ from typing import NamedTuple
 
 import torch
 
+from fastalign.choices import ADVANTAGE_SCALING, KL_ESTIMATORS  # torch-free, for the CLI's help
 from fastalign.losses._checks import check_choice, check_positive, check_range
 from fastalign.losses.aggregation import aggregate
-
-KL_ESTIMATORS = ("k1", "k2", "k3")
-ADVANTAGE_SCALING = ("std", "none")
 
 
 class PolicyLossOutput(NamedTuple):

@@ -1,13 +1,43 @@
-"""Trainers: SFT and DPO on packed rows, with config dataclasses and resumable checkpoints."""
+"""Trainers: SFT, DPO, reward model, PPO and GRPO on packed rows, with config dataclasses and
+resumable checkpoints.
 
-from fastalign.train.checkpoint_io import CheckpointError, CheckpointWriteError, UnsafeCheckpointError
-from fastalign.train.config import DPOConfig, SFTConfig, TrainConfig
-from fastalign.train.dpo import DPOTrainer
-from fastalign.train.lifecycle import RunDirectoryError, TrainingInterrupted
-from fastalign.train.nonfinite import NonFiniteError
-from fastalign.train.reward import RewardConfig, RewardTrainer
-from fastalign.train.sft import SFTTrainer
+The names below are imported on first use (PEP 562), so that the config modules
+(``fastalign.train.config``, ``fastalign.train.rl_config``), which the CLI's help reads, load
+without torch.
+"""
 
-__all__ = ["CheckpointError", "CheckpointWriteError", "DPOConfig", "DPOTrainer", "NonFiniteError", "RewardConfig",
-           "RewardTrainer", "RunDirectoryError", "SFTConfig", "SFTTrainer", "TrainConfig", "TrainingInterrupted",
-           "UnsafeCheckpointError"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CheckpointError": "fastalign.train.checkpoint_io",
+    "CheckpointWriteError": "fastalign.train.checkpoint_io",
+    "UnsafeCheckpointError": "fastalign.train.checkpoint_io",
+    "TrainConfig": "fastalign.train.config",
+    "SFTConfig": "fastalign.train.config",
+    "DPOConfig": "fastalign.train.config",
+    "RewardConfig": "fastalign.train.config",
+    "DPOTrainer": "fastalign.train.dpo",
+    "RunDirectoryError": "fastalign.train.lifecycle",
+    "TrainingInterrupted": "fastalign.train.lifecycle",
+    "NonFiniteError": "fastalign.train.nonfinite",
+    "RewardTrainer": "fastalign.train.reward",
+    "SFTTrainer": "fastalign.train.sft",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastalign.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,18 +1,22 @@
-"""Trainer configurations: every hyper-parameter in one dataclass per method, validated."""
+"""Trainer configurations: every hyper-parameter in one dataclass per method, validated.
+
+Each field is declared with ``option(default, group, help)``: its one line of help and its
+group are what ``fastalign train KIND --help`` prints (``fastalign/cli_help.py``), so the
+dataclass is the one place an option is documented. This module imports no torch: the CLI's
+help reads it in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from fastalign.losses.preference import LOSS_TYPES
-from fastalign.train.nonfinite import ON_NONFINITE
-from fastalign.train.options import coerce_fields
+from fastalign.choices import LOSS_TYPES, ON_NONFINITE, REFERENCE_FREE_LOSSES
+from fastalign.train.options import coerce_fields, option
 
 REFERENCES = ("separate", "adapter", "precomputed", "none")
-REFERENCE_FREE_LOSSES = ("simpo", "cpo", "orpo")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -22,71 +26,69 @@ DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 class TrainConfig:
     """What every trainer shares.
 
-    A step accumulates ``rows_per_step`` packed rows of at most ``token_budget`` tokens each;
-    losses are normalized by the step's total pair (DPO) or token (SFT) count, so the result
-    does not depend on how examples fall into rows.
+    A step accumulates ``rows_per_step`` packed rows of at most ``token_budget`` tokens each,
+    or (``pairs_per_step`` / ``examples_per_step``, see ``step_examples()``) that many examples
+    packed into as many rows as the budget needs; losses are normalized by the step's total
+    pair (DPO) or token (SFT) count, so the result does not depend on how examples fall into rows.
     """
 
-    output_dir: str = "fastalign-output"
-    max_steps: int = 100
-    learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    lr_schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    rows_per_step: int = 1
-    token_budget: int = 2048
-    max_prompt_length: int | None = None
-    max_completion_length: int | None = None
-    on_overflow: str = "truncate"
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = False
-    lora_r: int = 0  # > 0: train LoRA adapters (needs peft) instead of all weights
-    lora_alpha: float = 16.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    attention: str = "auto"
-    # "auto": DDP under torchrun with several processes, a plain single process otherwise.
-    strategy: str = "auto"
-    log_every: int = 1
-    eval_every: int = 0  # 0: evaluate only at the end
-    # Checkpoints: every `save_every` steps, and whenever `save_every_minutes` have passed since the
-    # last one (0 turns either off); always at the end, and on SIGINT / SIGTERM.
-    save_every: int = 500
-    save_every_minutes: float = 30.0
-    keep_last: int = 2
-    # A step with a non-finite loss, gradient norm or model output never updates the weights:
-    # "stop" ends the run at the first one; "skip" goes on, and stops after `max_nonfinite_skips`
-    # consecutive skipped steps.
-    on_nonfinite: str = "stop"
-    max_nonfinite_skips: int = 10
-    progress: bool = True
-    # Long rows. `max_length`: longest example (P + C + R tokens); one over `token_budget` gets a
-    # row of its own, `on_overflow` applies above it (None: `token_budget`). `mlp_tile_tokens`:
-    # run each decoder layer's MLP over tiles of this many tokens (0: off). `offload_checkpoints`:
-    # keep checkpointed layer inputs in pinned host memory (CUDA, needs gradient_checkpointing).
-    # `sequence_parallel`: split each row over this many ranks (Ulysses; DPO under torchrun with
-    # ddp; the other ranks are data-parallel replicas).
-    max_length: int | None = None
-    mlp_tile_tokens: int = 0
-    offload_checkpoints: bool = False
-    sequence_parallel: int = 1
+    # -- model ----------------------------------------------------------------------------
+    device: str = option("auto", "model", "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+    dtype: str = option("auto", "model", "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), float32, bfloat16")
+    gradient_checkpointing: bool = option(False, "model", "recompute decoder layers in backward (less memory)")
+    lora_r: int = option(0, "model", "> 0: train LoRA adapters of this rank (needs peft) instead of all weights")
+    lora_alpha: float = option(16.0, "model", "LoRA scaling numerator (scale = lora_alpha / lora_r)")
+    lora_target_modules: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj"], "model",
+                                            "module names that get LoRA adapters")
+    attention: str = option("auto", "model", "packed attention backend: auto, flash, torch_varlen, flex, sdpa, eager")
+    mlp_tile_tokens: int = option(0, "model", "run each layer's MLP over tiles of this many tokens (long rows; 0: off)")
+    offload_checkpoints: bool = option(False, "model", "keep checkpointed layer inputs in pinned host memory "
+                                                       "(CUDA, needs gradient_checkpointing)")
+    # -- data -----------------------------------------------------------------------------
+    token_budget: int = option(2048, "data", "tokens per packed row (several examples share a row, no padding)")
+    rows_per_step: int = option(1, "data", "packed rows per optimizer step (gradient accumulation)")
+    max_prompt_length: int | None = option(None, "data", "longest prompt in tokens (None: no limit)")
+    max_completion_length: int | None = option(None, "data", "longest answer in tokens (None: no limit)")
+    max_length: int | None = option(None, "data", "longest example (P+C+R); over token_budget gets a row of its own "
+                                                  "(None: token_budget)")
+    on_overflow: str = option("truncate", "data", "an example over the limits: truncate, drop (logged) or error")
+    # -- optimization ---------------------------------------------------------------------
+    max_steps: int = option(100, "optimization", "optimizer steps to run")
+    learning_rate: float = option(1e-5, "optimization", "peak AdamW learning rate")
+    lr_schedule: str = option("cosine", "optimization", "after warmup: cosine, linear or constant")
+    warmup_steps: int = option(0, "optimization", "steps of linear warmup from 0")
+    min_lr_ratio: float = option(0.0, "optimization", "final learning rate as a fraction of the peak (in [0, 1])")
+    weight_decay: float = option(0.0, "optimization", "AdamW weight decay")
+    adam_betas: tuple[float, float] = option((0.9, 0.999), "optimization", "AdamW betas [b1, b2]")
+    max_grad_norm: float | None = option(1.0, "optimization", "clip the gradient norm to this (None: no clipping)")
+    # -- run ------------------------------------------------------------------------------
+    strategy: str = option("auto", "run", "under torchrun: ddp or fsdp2 (auto: ddp with several processes), none")
+    sequence_parallel: int = option(1, "run", "split each packed row over this many ranks (Ulysses; DPO under "
+                                              "torchrun with ddp)")
+    output_dir: str = option("fastalign-output", "run", "metrics.jsonl, checkpoints/ and final/ go here")
+    seed: int = option(0, "run", "seeds the model init (tiny), data order and sampling")
+    log_every: int = option(0, "run", "steps between progress updates (bar metrics; one line when stderr is not "
+                                      "a terminal); 0: about 20 a run")
+    progress: bool = option(True, "run", "progress bars and lines (false: silent but for the end-of-run summary)")
+    eval_every: int = option(0, "run", "steps between evaluations on the eval data (0: only at the end)")
+    save_every: int = option(500, "run", "steps between checkpoints (0: off)")
+    save_every_minutes: float = option(30.0, "run", "also checkpoint when this many minutes passed (0: off)")
+    keep_last: int = option(2, "run", "checkpoints kept (the newest)")
+    save_final_state: bool = option(True, "run", "end-of-run checkpoint with optimizer state, for --resume "
+                                                 "(false: only final/)")
+    on_nonfinite: str = option("stop", "run", "a NaN/inf loss or gradient: stop the run, or skip the step")
+    max_nonfinite_skips: int = option(10, "run", "on_nonfinite=skip: stop after this many skipped steps in a row")
 
     def validate(self) -> None:
         """Check (and convert, e.g. ``adam_betas`` list → tuple) every field: ``ValueError``
         naming the first bad one."""
         for name, value in coerce_fields(type(self), dataclasses.asdict(self)).items():
             setattr(self, name, value)
-        positive = ("max_steps", "learning_rate", "rows_per_step", "token_budget", "log_every", "keep_last",
-                    "max_nonfinite_skips")
-        for name in positive:
+        for name in ("max_steps", "learning_rate", "rows_per_step", "token_budget", "keep_last", "max_nonfinite_skips"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "eval_every", "save_every", "save_every_minutes", "lora_r", "weight_decay",
-                     "mlp_tile_tokens"):
+                     "mlp_tile_tokens", "log_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("max_prompt_length", "max_completion_length", "max_grad_norm"):
@@ -117,6 +119,19 @@ class TrainConfig:
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
         if not self.output_dir.strip():
             raise ValueError("output_dir must be a non-empty path")
+        examples = self.step_examples()
+        if examples is not None and self.rows_per_step != 1:
+            raise ValueError(f"set either rows_per_step or {self.step_examples_option()}, not both "
+                             f"(got rows_per_step={self.rows_per_step}, {self.step_examples_option()}={examples})")
+
+    def step_examples(self) -> int | None:
+        """Examples per optimizer step when the config sets a count (``pairs_per_step``,
+        ``examples_per_step``); ``None``: steps are ``rows_per_step`` packed rows."""
+        return None
+
+    def step_examples_option(self) -> str:
+        """The option that sets ``step_examples()`` (for messages)."""
+        return "examples_per_step"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,7 +139,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]):
         """Build from a mapping (YAML file, CLI overrides): each value is checked against its
-        field's type (``ValueError`` naming the option); unknown keys are an error."""
+        field's type (``ValueError`` naming the option); unknown keys are an error that names
+        the close matches."""
         if not isinstance(values, dict):
             raise ValueError(f"{cls.__name__} options must be a mapping, got {type(values).__name__}")
         config = cls(**coerce_fields(cls, values))
@@ -132,11 +148,28 @@ class TrainConfig:
         return config
 
 
+def _check_count(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be None or >= 1, got {value!r}")
+
+
 @dataclass
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning on completions (token-mean NLL over completion tokens)."""
 
     learning_rate: float = 1e-4
+    examples_per_step: int | None = option(None, "data", "prompt-completion examples per step, packed into as many "
+                                                         "rows as token_budget needs (instead of rows_per_step)")
+
+    def validate(self) -> None:
+        _check_count("examples_per_step", self.examples_per_step)
+        super().validate()
+
+    def step_examples(self) -> int | None:
+        return self.examples_per_step
+
+
+PAIRS_HELP = "preference pairs per step, packed into as many rows as token_budget needs (instead of rows_per_step)"
 
 
 @dataclass
@@ -150,19 +183,22 @@ class DPOConfig(TrainConfig):
     once before training), ``none`` (reference-free losses).
     """
 
-    beta: float = 0.1
-    loss_type: str | list[str] = "sigmoid"
-    loss_weights: list[float] | None = None
-    label_smoothing: float = 0.0
-    rpo_alpha: float | None = None
-    simpo_gamma: float = 0.5
-    reference: str = "separate"
-    offload_reference: bool = False  # fsdp2: keep the frozen reference's shards in CPU memory
-    # Run the reference forward (no grad, keeps only per-example sums) before the policy's, so its
-    # activations never coexist with the policy's saved ones. False: after (same numbers, more memory).
-    reference_first: bool = True
+    pairs_per_step: int | None = option(None, "data", PAIRS_HELP)
+    beta: float = option(0.1, "method", "strength of the implicit KL to the reference (larger: stay closer)")
+    loss_type: str | list[str] = option("sigmoid", "method", f"one of {', '.join(LOSS_TYPES + REFERENCE_FREE_LOSSES)}; "
+                                                             "or a list (MPO) with loss_weights")
+    loss_weights: list[float] | None = option(None, "method", "weights of a list of loss types (None: all 1)")
+    label_smoothing: float = option(0.0, "method", "cDPO: assumed probability that a pair's labels are flipped")
+    rpo_alpha: float | None = option(None, "method", "RPO: add this times the chosen answers' NLL (None: off)")
+    simpo_gamma: float = option(0.5, "method", "SimPO's target reward margin")
+    reference: str = option("separate", "method", "reference model: separate (frozen copy), adapter (LoRA off), "
+                                                  "precomputed, none")
+    offload_reference: bool = option(False, "method", "fsdp2: keep the frozen reference's shards in CPU memory")
+    reference_first: bool = option(True, "method", "run the reference forward before the policy's (less memory, "
+                                                   "same numbers)")
 
     def validate(self) -> None:
+        _check_count("pairs_per_step", self.pairs_per_step)
         super().validate()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
@@ -186,6 +222,41 @@ class DPOConfig(TrainConfig):
             raise ValueError(f"loss_type {free[0]!r} is reference-free: set reference='none'")
         if self.reference == "adapter" and self.lora_r == 0:
             raise ValueError("reference='adapter' needs LoRA adapters: set lora_r > 0")
+
+    def step_examples(self) -> int | None:
+        return self.pairs_per_step
+
+    def step_examples_option(self) -> str:
+        return "pairs_per_step"
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Reward-model training: ``-log σ(r_c − r_r − m) + c (r_c + r_r)²`` per pair, normalized by
+    the step's total pair count (``fastalign.losses.bradley_terry_loss``).
+
+    ``margin``: a constant ``m`` for every pair; a ``margin`` column in the data (Llama 2's graded
+    preference margins) is added to it per pair. ``center_rewards_coefficient``: ``c`` (None: off).
+    """
+
+    learning_rate: float = 1e-5
+    pairs_per_step: int | None = option(None, "data", PAIRS_HELP)
+    margin: float = option(0.0, "method", "margin m added to every pair (plus the data's margin column, if any)")
+    center_rewards_coefficient: float | None = option(None, "method", "c of the reward-centering term c (r_c + r_r)^2 "
+                                                                      "(None: off)")
+
+    def validate(self) -> None:
+        _check_count("pairs_per_step", self.pairs_per_step)
+        super().validate()
+        c = self.center_rewards_coefficient
+        if c is not None and c < 0:
+            raise ValueError(f"center_rewards_coefficient must be None or a finite number >= 0, got {c!r}")
+
+    def step_examples(self) -> int | None:
+        return self.pairs_per_step
+
+    def step_examples_option(self) -> str:
+        return "pairs_per_step"
 
 
 def _choice(name: str, value: str, choices) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
-ON_NONFINITE = ("stop", "skip")
+from fastalign.choices import ON_NONFINITE  # torch-free, for the CLI's help
 
 
 class NonFiniteError(RuntimeError):

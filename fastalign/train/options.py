@@ -9,7 +9,9 @@ like any other. Floats must be finite (``.inf`` is never a learning rate), ints 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import functools
 import math
 import types
@@ -118,9 +120,73 @@ def _plural(hint: Any) -> str:
 
 def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Every entry of ``values`` (field name → value) converted to ``cls``'s field types;
-    unknown names are a ``ValueError`` listing the known ones."""
+    unknown names are a ``ValueError`` with the close matches (``did you mean beta?``)."""
     hints = field_hints(cls)
     unknown = sorted(str(name) for name in set(values) - set(hints))
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; known: {sorted(hints)}")
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}: {suggest(unknown, sorted(hints))}")
     return {name: coerce_option(name, value, hints[name]) for name, value in values.items()}
+
+
+def suggest(unknown: list[str], known: list[str]) -> str:
+    """``did you mean beta?`` for each unknown name with a close match, or the known names
+    when none is close (a short list reads better than a guess)."""
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        if close:
+            hints.append(f"{name}: did you mean {' or '.join(close)}?")
+    if hints:
+        return "; ".join(hints)
+    return f"known: {', '.join(known)}"
+
+
+# Where an option appears in `fastalign train KIND --help`, in this order.
+GROUPS = ("model", "data", "optimization", "method", "run")
+
+
+def option(default: Any, group: str, help: str) -> Any:  # noqa: A002 - `help` as in argparse
+    """A config field that documents itself: ``help`` (one line) and ``group`` (one of
+    ``GROUPS``) are what ``fastalign train KIND --help`` prints beside its type and default.
+    Lists and dicts get a fresh copy per instance (``default_factory``)."""
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    if not isinstance(help, str) or not help.strip() or "\n" in help:
+        raise ValueError(f"help must be one line of text, got {help!r}")
+    metadata = {"group": group, "help": help}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_docs(cls: type) -> dict[str, dict[str, Any]]:
+    """``{name: {"group", "help", "type", "default"}}`` for every field of config class
+    ``cls``. A subclass that only changes a default (``learning_rate: float = 1e-4``) keeps the
+    help of the class that declared the field. ``ValueError`` names a field without help."""
+    hints = field_hints(cls)
+    docs = {}
+    for field in dataclasses.fields(cls):
+        metadata = next((base.__dataclass_fields__[field.name].metadata for base in cls.__mro__
+                         if field.name in getattr(base, "__dataclass_fields__", {})
+                         and "help" in base.__dataclass_fields__[field.name].metadata), None)
+        if metadata is None:
+            raise ValueError(f"{cls.__name__}.{field.name} has no help: declare it with option(default, group, help)")
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            raise ValueError(f"{cls.__name__}.{field.name} has no default")
+        docs[field.name] = {"group": metadata["group"], "help": metadata["help"],
+                            "type": describe_type(hints[field.name]), "default": default}
+    return docs
+
+
+def describe_type(hint: Any) -> str:
+    """``int | None`` → ``int|None``; ``list[str]`` → ``list[str]`` (the help's type column)."""
+    if _is_union(hint):
+        return "|".join(describe_type(option) for option in typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return f"{origin.__name__}[{', '.join(describe_type(arg) for arg in typing.get_args(hint))}]"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -12,55 +12,17 @@ kernel at the sampling temperature: no full-vocabulary logits in the training pa
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from fastalign.losses.rl import KL_ESTIMATORS, gae, kl_estimate, ppo_policy_loss, value_loss
+from fastalign.losses.rl import gae, kl_estimate, ppo_policy_loss, value_loss
 from fastalign.losses.sequence import pad_by_sequence
 from fastalign.models import PolicyModel
 from fastalign.models.reward import RewardModel, is_sequence_classifier
 from fastalign.packing import PackedBatch
 from fastalign.rollout.rewards import RewardFn
-from fastalign.train.config import _choice
-from fastalign.train.rl_base import RolloutConfig, RolloutTrainer
-
-
-@dataclass
-class PPOConfig(RolloutConfig):
-    ppo_epochs: int = 2
-    clip_eps: float = 0.2
-    value_clip_eps: float | None = 0.2
-    vf_coef: float = 0.5
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"
-    kl_target: float | None = None  # adaptive KL controller when set
-    kl_horizon: int = 10_000
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-
-    def validate(self) -> None:
-        super().validate()
-        if self.ppo_epochs < 1:
-            raise ValueError(f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
-        for name in ("vf_coef", "entropy_coef", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.clip_eps < 1:
-            raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
-        if self.kl_target is not None and self.kl_target <= 0:
-            raise ValueError(f"kl_target must be None or > 0, got {self.kl_target}")
-        if self.value_clip_eps is not None and self.value_clip_eps <= 0:
-            raise ValueError(f"value_clip_eps must be None or > 0, got {self.value_clip_eps}")
-        if self.kl_horizon < 1:
-            raise ValueError(f"kl_horizon must be >= 1, got {self.kl_horizon}")
-        for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+from fastalign.train.rl_base import RolloutTrainer
+from fastalign.train.rl_config import PPOConfig  # torch-free, for the CLI's help; re-exported
 
 
 class ActorCritic(nn.Module):
@@ -90,6 +52,7 @@ class PPOTrainer(RolloutTrainer):
     """
 
     config: PPOConfig
+    progress_metrics = {"loss": "loss", "reward": "reward", "kl_to_reference": "kl"}
 
     def __init__(self, model: nn.Module, tokenizer, train_data, config: PPOConfig, *, reward_fn: RewardFn,
                  critic: nn.Module | None = None, eval_data=None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,32 +14,10 @@ from fastalign.models.backbone import PackedModel
 from fastalign.models.reward import RewardModel, is_sequence_classifier, reward_model_from_causal_lm
 from fastalign.packing import PackedBatch, pack_preference_examples
 from fastalign.train.base import Trainer, with_lora
-from fastalign.train.config import TrainConfig
+from fastalign.train.config import RewardConfig  # torch-free, for the CLI's help; re-exported
 from fastalign.train.data_glue import preference_token_lists
 
 MARGIN_COLUMN = "margin"
-
-
-@dataclass
-class RewardConfig(TrainConfig):
-    """Reward-model training: ``-log σ(r_c − r_r − m) + c (r_c + r_r)²`` per pair, normalized by
-    the step's total pair count (``fastalign.losses.bradley_terry_loss``).
-
-    ``margin``: a constant ``m`` for every pair; a ``margin`` column in the data (Llama 2's graded
-    preference margins) is added to it per pair. ``center_rewards_coefficient``: ``c`` (None: off).
-    """
-
-    learning_rate: float = 1e-5
-    margin: float = 0.0
-    center_rewards_coefficient: float | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin):
-            raise ValueError(f"margin must be a finite number, got {self.margin!r}")
-        c = self.center_rewards_coefficient
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 <= c < math.inf):
-            raise ValueError(f"center_rewards_coefficient must be None or a finite number >= 0, got {c!r}")
 
 
 def _margin_column(data, name: str) -> list[float]:
@@ -73,6 +50,7 @@ class RewardTrainer(Trainer):
     """
 
     config: RewardConfig
+    progress_metrics = {"loss": "loss", "accuracy": "acc", "margin": "margin"}
 
     def __init__(self, model: nn.Module, tokenizer, train_data, config: RewardConfig, *, eval_data=None) -> None:
         if not isinstance(config, RewardConfig):

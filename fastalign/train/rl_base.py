@@ -4,8 +4,6 @@ the sampled completions, and evaluation by the mean reward of greedy completions
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -15,26 +13,7 @@ from fastalign.rollout.rewards import RewardFn
 from fastalign.train import distributed
 from fastalign.train.base import Trainer
 from fastalign.train.config import TrainConfig
-
-
-@dataclass
-class RolloutConfig(TrainConfig):
-    """Sampling options shared by PPO and GRPO."""
-
-    learning_rate: float = 1e-5
-    prompts_per_step: int = 8
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    generation_batch_size: int = 64
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("prompts_per_step", "max_new_tokens", "generation_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+from fastalign.train.rl_config import RolloutConfig  # noqa: F401 - re-exported
 
 
 class RolloutTrainer(Trainer):

@@ -36,7 +36,7 @@ BAD_INPUTS = [
     (["train", "dpo", "learning_rate=.nan"], None, "option learning_rate must be a finite number, got nan"),
     (["train", "dpo", "max_steps=1e40"], None, "option max_steps must be an int"),
     (["train", "dpo", "on_nonfinite=ignore"], None, "on_nonfinite must be one of ('stop', 'skip'), got 'ignore'"),
-    (["train", "dpo", "beta"], None, "unrecognized arguments: beta"),
+    (["train", "dpo", "beta"], None, "override 'beta' must look like key=value"),
     (["train", "dpo", "beta=[1, *x]"], None, "override beta line 1 column 5: YAML aliases (*x) are not allowed"),
     (["train", "dpo", "1beta=2"], None, "override '1beta=2' must look like key=value"),
     (["train", "dpo", "no_such_option=1"], None, "unknown DPOConfig option(s) ['no_such_option']"),
