@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fastalign.models import PolicyModel, enable_activation_checkpointing
 from fastalign.models.backbone import PackedModel
@@ -39,6 +38,8 @@ from fastalign.train.config import TrainConfig
 from fastalign.train.export import save_model
 from fastalign.train.lifecycle import StopSignals, TrainingInterrupted, notice
 from fastalign.train.nonfinite import NonFiniteGuard, all_finite, describe
+from fastalign.train.progress import RunProgress, library_bars, run_summary, show_bars
+from fastalign.train.step_rows import StepRows
 
 
 def seed_everything(seed: int) -> None:
@@ -70,8 +71,11 @@ def with_lora(model: nn.Module, config: TrainConfig, *, task_type: str = "CAUSAL
     return peft.get_peft_model(model, lora)
 
 
-class Trainer(Checkpointing):
+class Trainer(Checkpointing, StepRows):
     """Base trainer; see ``SFTTrainer`` and ``DPOTrainer``."""
+
+    # Step metrics the progress bar / log lines and the end-of-run summary show: name -> label.
+    progress_metrics: dict[str, str] = {"loss": "loss"}
 
     def __init__(self, model: nn.Module, tokenizer, train_data, config: TrainConfig, *, eval_data=None) -> None:
         if not isinstance(config, TrainConfig):
@@ -84,6 +88,7 @@ class Trainer(Checkpointing):
         replicas = distributed.replica_count(ranks["world_size"], config.sequence_parallel)
         config = self.fit_to_world(config, replicas, main=ranks["rank"] == 0)
         self._check_distributed_config(config, strategy, ranks["world_size"])
+        self.check_step_examples(config, ranks["world_size"])
         self.dist, self.device = distributed.setup(config.strategy, config.device)
         if config.offload_checkpoints and self.device.type != "cuda":
             raise ValueError(f"offload_checkpoints=True needs a CUDA device, got {self.device} (device={config.device!r})")
@@ -102,10 +107,11 @@ class Trainer(Checkpointing):
         if (config.mlp_tile_tokens or config.offload_checkpoints) and not isinstance(self.policy, PolicyModel):
             raise ValueError(f"mlp_tile_tokens and offload_checkpoints apply to the policy module of the SFT, DPO and "
                              f"GRPO trainers, not to {type(self).__name__}'s {type(self.policy).__name__}")
-        self.prepare_train_data(train_data)
-        self.eval_rows = None
-        if eval_data is not None:
-            self.eval_rows = self.pack_lists(self.token_lists(eval_data, "eval_data"), sort_by_length=True)
+        with library_bars(show_bars(config.progress and self.dist.is_main)):  # tokenization's bars
+            self.prepare_train_data(train_data)
+            self.eval_rows = None
+            if eval_data is not None:
+                self.eval_rows = self.pack_lists(self.token_lists(eval_data, "eval_data"), sort_by_length=True)
         self.before_distributed_wrap()
         # What the loop calls: DDP around the policy, or the policy sharded in place (FSDP2).
         self.train_module = distributed.wrap(self.policy, self.dist, self.device)
@@ -119,6 +125,7 @@ class Trainer(Checkpointing):
         self._saved_step: int | None = None  # the step of the newest checkpoint this run wrote or resumed
         self._saved_path: Path | None = None
         self._saved_at = time.monotonic()
+        self.train_seconds = 0.0  # wall time of train() (all calls)
 
     def fit_to_world(self, config: TrainConfig, world: int, *, main: bool) -> TrainConfig:
         """``config`` with ``rows_per_step`` rounded up to a multiple of ``world``, the number of
@@ -220,44 +227,6 @@ class Trainer(Checkpointing):
     def can_evaluate(self) -> bool:
         return bool(self.eval_rows)
 
-    # -- data order -----------------------------------------------------------------------
-    def epoch_order(self, epoch: int, count: int) -> torch.Tensor:
-        """The seeded permutation of ``count`` training items for ``epoch`` (int64 ``[count]``):
-        the same on resume, different every epoch."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return torch.randperm(count, generator=generator)
-
-    def rows_for_epoch(self, epoch: int) -> list[PackedBatch]:
-        """Every training example once, shuffled by ``(seed, epoch)`` and packed first-fit in
-        that order. Re-packing each epoch with unsorted first-fit matters: length-sorted rows
-        (first-fit-decreasing) give each step examples of one size and train far worse."""
-        if self._epoch_rows is not None and self._epoch_rows[0] == epoch:
-            return self._epoch_rows[1]
-        order = self.epoch_order(epoch, len(self.train_lists[0]))
-        shuffled = tuple([column[i] for i in order.tolist()] for column in self.train_lists)
-        rows = self.pack_lists(shuffled, sort_by_length=False)
-        for row in rows:
-            row.example_index = order[row.example_index]  # back to indices of train_data
-        self._epoch_rows = (epoch, rows)
-        return rows
-
-    def next_rows(self) -> list[PackedBatch]:
-        """This rank's share of the next ``rows_per_step`` rows of the current epoch (wrapping
-        into the next); in a single process, all of them."""
-        rows = []
-        epoch_rows = self.rows_for_epoch(self.epoch)
-        while len(rows) < self.config.rows_per_step:
-            if self.position >= len(epoch_rows):
-                self.epoch, self.position = self.epoch + 1, 0
-                epoch_rows = self.rows_for_epoch(self.epoch)
-            rows.append(epoch_rows[self.position])
-            self.position += 1
-        if self.dist.enabled:  # per data-parallel replica: the ranks of one sequence-parallel group share rows
-            layout = self.parallel
-            mine = distributed.assign_rows([row.num_tokens for row in rows], layout.replicas)[layout.replica]
-            rows = [rows[index] for index in mine]
-        return [row.to(self.device, non_blocking=True) for row in rows]
-
     def autocast(self):
         use_bf16 = self.config.dtype == "bfloat16" or (self.config.dtype == "auto" and self.device.type == "cuda")
         if use_bf16:
@@ -294,23 +263,28 @@ class Trainer(Checkpointing):
         self.start_run(resume=resume, overwrite=overwrite)
         self.policy.train()
         guard = NonFiniteGuard(config.on_nonfinite, config.max_nonfinite_skips)
-        bar = tqdm(total=config.max_steps, initial=self.step, disable=not (config.progress and self.dist.is_main),
-                   desc=type(self).__name__)
+        bar = RunProgress(name=type(self).__name__, total=config.max_steps, initial=self.step,
+                          keys=self.progress_metrics, enabled=config.progress and self.dist.is_main,
+                          every=config.log_every)
+        start = time.monotonic()
         try:
             with StopSignals() as signals:
                 while self.step < config.max_steps:
                     signum = self._train_step(guard, signals, bar)
                     if signum:
                         raise TrainingInterrupted(signum, self.step, self.save_checkpoint())
-                if self._saved_step != self.step:
+                # The end-of-run checkpoint (model + optimizer state, for --resume) is optional;
+                # a signal always gets one.
+                if self._saved_step != self.step and (config.save_final_state or signals.received is not None):
                     self.save_checkpoint()
                 if signals.received is not None:  # arrived after the last step: the run is complete
                     raise TrainingInterrupted(signals.received, self.step, self._saved_path)
         finally:
             bar.close()
+            self.train_seconds += time.monotonic() - start
         return self.history
 
-    def _train_step(self, guard: NonFiniteGuard, signals: StopSignals, bar) -> int:
+    def _train_step(self, guard: NonFiniteGuard, signals: StopSignals, bar: RunProgress) -> int:
         """One optimizer step (skipped when non-finite), its log entry and its checkpoint;
         returns the signal to stop on (0: go on). Every rank takes the same decisions: they
         come from one all-reduce."""
@@ -354,10 +328,8 @@ class Trainer(Checkpointing):
             if config.eval_every and self.step % config.eval_every == 0 and self.can_evaluate():
                 entry.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.policy.train()
-            if self.step % config.log_every == 0 or self.step == config.max_steps:
-                bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}")
             self._log(entry)
-        bar.update(1)
+        bar.update(entry)
         if signalled:  # another rank may have got it first (torchrun forwards SIGTERM)
             return signals.received or signal.SIGTERM
         if (config.save_every and self.step % config.save_every == 0) or due:
@@ -387,4 +359,11 @@ class Trainer(Checkpointing):
         """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer, to ``path``
         (default ``output_dir/final``). Distributed: collective; rank 0 writes the full weights.
         Refused (``NonFiniteError``) when a parameter is non-finite."""
-        return save_model(self, Path(path) if path is not None else self.output_dir / "final")
+        with library_bars(show_bars(self.config.progress and self.dist.is_main)):  # "Writing model shards"
+            return save_model(self, Path(path) if path is not None else self.output_dir / "final")
+
+    def summary(self, *, model_path: Path | None = None, evaluation: dict[str, float] | None = None) -> dict[str, Any]:
+        """The run in numbers (``fastalign.train.progress.run_summary``); ``format_summary``
+        prints it."""
+        return run_summary(self.history, keys=self.progress_metrics, seconds=self.train_seconds,
+                           output_dir=self.output_dir, model_path=model_path, evaluation=evaluation)

@@ -38,6 +38,7 @@ class DPOTrainer(Trainer):
     """
 
     config: DPOConfig
+    progress_metrics = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin"}
     supports_sequence_parallel = True
 
     def __init__(self, model: nn.Module, tokenizer, train_data, config: DPOConfig, *, eval_data=None,

@@ -16,6 +16,7 @@ class SFTTrainer(Trainer):
     the step's total completion-token count (independent of how examples fall into rows)."""
 
     config: SFTConfig
+    progress_metrics = {"loss": "nll"}  # the loss is the token-mean NLL
 
     def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
         return sft_token_lists(data, self.tokenizer, name)
