@@ -167,7 +167,8 @@ def run_summary(history: list[dict[str, Any]], *, keys: dict[str, str], seconds:
 def format_summary(name: str, summary: dict[str, Any]) -> str:
     """The summary as a few lines."""
     skipped = f" ({summary['skipped_steps']} skipped)" if summary["skipped_steps"] else ""
-    lines = [f"{name} done: {summary['steps']} steps{skipped} in {_duration(summary['seconds'])}, "
+    steps = f"{summary['steps']} step{'' if summary['steps'] == 1 else 's'}"
+    lines = [f"{name} done: {steps}{skipped} in {_duration(summary['seconds'])}, "
              f"{_count(summary['tokens_per_s'])} tok/s, peak memory {summary['peak_memory']}"]
     if summary["final"]:
         lines.append("  last step: " + "  ".join(f"{k} {_number(v)}" for k, v in summary["final"].items()))

@@ -28,7 +28,7 @@ def test_two_processes_train_dpo_with_the_default_options(tmp_path):
     rounded = [line for line in result.stderr.splitlines() if "rounded up" in line]
     assert rounded == ["fastalign: rows_per_step=1 rounded up to 2, a multiple of the 2 processes (each process "
                        "takes 1 packed row per step)"]
-    assert result.stdout.count(f"saved {out / 'final'}") == 1, "rank 0 alone reports"
+    assert result.stdout.count(f"model: {out / 'final'}") == 1, "rank 0 alone reports"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in metrics] == [1, 2]
     checkpoint = out / "checkpoints" / "step-00000002"

@@ -283,7 +283,8 @@ def test_cli_trains_a_reward_model(tmp_path, capsys):
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    assert "eval/reward_accuracy" in capsys.readouterr().out
+    evaluation = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("evaluation:")]
+    assert len(evaluation) == 1 and "reward_accuracy" in evaluation[0], evaluation
     # A saved reward model is loaded as one (not as a causal LM) and trains further.
     again = tmp_path / "again"
     assert main(["train", "rm", "--model", str(out / "final"), "--data", "synthetic", "--output-dir", str(again),
