@@ -11,9 +11,9 @@ a GPU, and interpreted kernels are slow enough that small blocks with few loop t
 
 from __future__ import annotations
 
-import os
-
 import triton
+
+from .interpret import interpreting  # re-exported: report.py and callers use autotune.interpreting()
 
 # Largest BLOCK_V of any configuration: vocab chunks are cut at multiples of it so that every
 # configuration tiles a chunk exactly.
@@ -23,10 +23,6 @@ MAX_BLOCK_K = 64
 # Architectures the lists are written (and gated) for; newer GPUs use the sm_90 lists, the
 # rest the sm_80 lists.
 ARCHS = (80, 90)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _config(bn, bv, bk, warps, stages, group=None):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 
 import torch
+
+from fastalign.kernels.interpret import interpreting
 
 IMPLS = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -21,18 +22,15 @@ def triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def triton_interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1``, where Triton kernels run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def triton_runs_on(device: torch.device) -> bool:
     """Whether Triton kernels can run on tensors of ``device`` in this process."""
     if not triton_importable():
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and triton_interpreting()
+    # TRITON_INTERPRET=1 runs kernels on CPU tensors; the check lives in fastalign.kernels.interpret
+    # (no triton import there, so it is safe to ask where Triton is missing).
+    return device.type == "cpu" and interpreting()
 
 
 def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype) -> str:
