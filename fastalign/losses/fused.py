@@ -20,7 +20,6 @@ from fastalign.losses.fused_base import (
     FusedLayerBase,
     check_layer_inputs,
     mean_logits,
-    sequence_logps,
     token_mean_nll,
 )
 from fastalign.losses.preference import LOSS_TYPES, dpo_loss
@@ -83,12 +82,12 @@ class FusedLinearDPOLoss(_PairedLayer):
         check_layer_inputs(ref_weight, ref_input, target, paired=True, names=("ref_weight", "ref_input", "target"))
         with torch.no_grad():
             stats = self.stats(ref_weight, ref_input, target, ref_bias)
-        return sequence_logps(stats, self.average_log_prob).chunk(2)
+        return stats.row_logps(self.average_log_prob).chunk(2)
 
     def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None,
                 *, ref_logps=None, pair_weights=None, num_pairs=None):
         stats, half, nll, (chosen_mean, rejected_mean) = self._policy(lin_weight, _input, target, bias)
-        logps = sequence_logps(stats, self.average_log_prob)
+        logps = stats.row_logps(self.average_log_prob)
         ref_chosen, ref_rejected = self._reference(ref_input, ref_weight, ref_bias, target, ref_logps)
         out = dpo_loss(
             logps[:half], logps[half:], ref_chosen, ref_rejected,
@@ -121,7 +120,7 @@ class FusedLinearSimPOLoss(_PairedLayer):
                          beta=self.beta, gamma=self.gamma, label_smoothing=self.label_smoothing,
                          num_pairs=num_pairs)
         nll_loss = nll if self.compute_nll_loss else torch.zeros_like(nll)
-        averaged = sequence_logps(stats, True).detach()
+        averaged = stats.row_logps(average=True).detach()
         return self.alpha * nll_loss + out.loss, (
             averaged[:half], averaged[half:], chosen_mean, rejected_mean, nll_loss.detach(),
             out.chosen_rewards, out.rejected_rewards,
@@ -143,7 +142,7 @@ class FusedLinearCPOLoss(_PairedLayer):
 
     def forward(self, lin_weight, _input, target, bias=None, *, num_pairs=None):
         stats, half, nll, (chosen_mean, rejected_mean) = self._policy(lin_weight, _input, target, bias)
-        logps = sequence_logps(stats, self.average_log_prob)
+        logps = stats.row_logps(self.average_log_prob)
         out = cpo_loss(logps[:half], logps[half:], beta=self.beta, alpha=0.0,
                        label_smoothing=self.label_smoothing, loss_type=self.loss_type, num_pairs=num_pairs)
         nll_loss = nll if self.compute_nll_loss else torch.zeros_like(nll)
@@ -175,7 +174,7 @@ class FusedLinearORPOLoss(_PairedLayer):
             "num_pairs", num_pairs, out.losses.new_tensor(float(half))
         )
         nll_loss = nll if self.compute_nll_loss else torch.zeros_like(nll)
-        averaged = sequence_logps(stats, True).detach()
+        averaged = stats.row_logps(average=True).detach()
         return nll_loss + odds_term, (
             averaged[:half], averaged[half:], chosen_mean, rejected_mean, nll_loss.detach(),
             out.chosen_rewards, out.rejected_rewards, out.metrics["log_odds_ratio"], out.metrics["log_odds_chosen"],

@@ -13,9 +13,22 @@ from fastalign.ops.linear_logprobs import linear_logprobs
 
 
 class SequenceStats(NamedTuple):
+    """Log-probs of padded rows ``[R, T]`` (one sequence per row) and their per-row reductions."""
+
     token_logps: torch.Tensor  # [R, T] fp32, 0 at ignored targets
     sums: torch.Tensor  # [R] summed log-probs of scored tokens
     lengths: torch.Tensor  # [R] scored tokens per row (int64)
+
+    def row_logps(self, average: bool) -> torch.Tensor:
+        """``[R]`` fp32: each row's summed log-prob, or its mean per scored token (Liger's
+        ``average_log_prob``; a row without scored tokens gives 0).
+
+        Not ``fastalign.losses.sequence_logps``: that one reduces per-token log-probs per
+        sequence (packed segments or padded rows); this one only picks sum or mean of rows
+        already reduced here."""
+        if not average:
+            return self.sums
+        return self.sums / self.lengths.clamp(min=1).to(self.sums.dtype)
 
 
 def check_layer_inputs(weight: torch.Tensor, hidden: torch.Tensor, target: torch.Tensor, *, paired: bool,
@@ -44,12 +57,6 @@ def sequence_stats(weight, hidden, target, bias, *, ignore_index: int, impl: str
                                   temperature=temperature, impl=impl)
     lengths = (target != ignore_index).sum(dim=1)
     return SequenceStats(token_logps, token_logps.sum(dim=1), lengths)
-
-
-def sequence_logps(stats: SequenceStats, average: bool) -> torch.Tensor:
-    if not average:
-        return stats.sums
-    return stats.sums / stats.lengths.clamp(min=1).to(stats.sums.dtype)
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastalign.losses.fused_base import FusedLayerBase, check_layer_inputs, sequence_logps
+from fastalign.losses.fused_base import FusedLayerBase, check_layer_inputs
 from fastalign.losses.kto import kto_loss
 
 
@@ -36,14 +36,14 @@ class FusedLinearKTOLoss(FusedLayerBase):
         if labels.shape != (_input.shape[0],):
             raise ValueError(f"preference_labels must have shape ({_input.shape[0]},), got {tuple(labels.shape)}")
         stats = self.stats(lin_weight, _input, target, bias)
-        logps = sequence_logps(stats, self.average_log_prob)
+        logps = stats.row_logps(self.average_log_prob)
         if ref_logps is not None:
             ref = ref_logps.detach()
         elif self.use_ref_model:
             if ref_input is None or ref_weight is None:
                 raise ValueError("use_ref_model=True needs ref_input and ref_weight (or pass ref_logps=)")
             with torch.no_grad():
-                ref = sequence_logps(self.stats(ref_weight, ref_input, target, ref_bias), self.average_log_prob)
+                ref = self.stats(ref_weight, ref_input, target, ref_bias).row_logps(self.average_log_prob)
         else:
             ref = torch.zeros_like(logps)
         out = kto_loss(logps, ref, labels, kl=kl, beta=self.beta, desirable_weight=self.desirable_weight,
