@@ -28,8 +28,11 @@ class Rollout:
     logprobs: list[list[float]]
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
-    """The HF model that generates: a fastalign module's ``.model``, else ``model`` itself."""
+def _generating_model(model: nn.Module) -> nn.Module:
+    """The HF model that generates: a fastalign module's ``.model``, else ``model`` itself.
+
+    A PEFT wrapper is kept (``generate`` runs with its adapters), unlike
+    ``fastalign.models.backbone.causal_lm``, which unwraps it."""
     return model.model if isinstance(model, PackedModel) else model
 
 
@@ -58,7 +61,7 @@ def generate(
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer needs a pad token for batched generation")
-    lm = _causal_lm(model)
+    lm = _generating_model(model)
     device = next(lm.parameters()).device
     was_training = lm.training
     lm.eval()
