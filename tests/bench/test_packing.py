@@ -12,7 +12,7 @@ import torch
 
 from fastalign.bench.packing import PRESETS, synthetic_preference_data
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_packing.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_packing.py"
 
 
 def _script():

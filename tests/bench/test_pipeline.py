@@ -14,7 +14,7 @@ import torch
 
 from fastalign.bench.pipeline import PIPELINES, PRESETS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_pipeline.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_pipeline.py"
 TINY = ["--num-train", "64", "--num-test", "8", "--sft-steps", "2", "--rm-steps", "2", "--dpo-steps", "2",
         "--ppo-steps", "2", "--grpo-steps", "1", "--prompts-per-step", "4", "--num-generations", "2",
         "--max-new-tokens", "6", "--token-budget", "512"]
