@@ -26,9 +26,8 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from fastalign.integrations.pairs import pack_pairs, scatter_to_padded, split_pairs
-from fastalign.models.backbone import PackedModel, backbone, causal_lm, plain_lm_head, text_config
-from fastalign.ops import linear_logprob_stats
-from fastalign.ops.chunked_torch import torch_log_sum_sq_probs
+from fastalign.models.backbone import PackedModel, backbone, causal_lm
+from fastalign.models.head import fused_head_of
 from fastalign.packing import PackedBatch
 
 OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
@@ -102,7 +101,9 @@ class _HeadSettings:
     padded_forwards: int = 0
 
 
-def _causal_lm(model: nn.Module) -> nn.Module:
+def _checked_causal_lm(model: nn.Module) -> nn.Module:
+    """``causal_lm(model)`` (PEFT unwrapped), refused with a ``ValueError`` unless it has an
+    output embedding and a decoder as its ``base_model`` — what the patched forward needs."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a transformers causal LM (nn.Module), got {type(model).__name__}")
     inner = causal_lm(model)
@@ -111,18 +112,6 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     if not hasattr(inner, "base_model") or inner.base_model is inner:
         raise ValueError(f"model must hold a decoder as its base_model, got {type(inner).__name__}")
     return inner
-
-
-def _logit_scale(config) -> float:
-    """The factor some families put on the LM-head output before the softcap (Cohere, Granite...)."""
-    for name in ("logit_scale", "output_multiplier", "lm_head_multiplier"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return float(value)
-    scaling = getattr(config, "logits_scaling", None)
-    if scaling is not None:
-        return float(scaling) if config.model_type == "hyperclovax" else 1.0 / float(scaling)
-    return 1.0
 
 
 def _check_outputs(outputs: Any) -> tuple[str, ...]:
@@ -162,7 +151,7 @@ def with_fused_head(
         ``FusedCausalLMOutput``; ``fused_lm_head=False`` forces the original forward;
         calls without labels run the original forward. Calling it again updates the settings.
     """
-    inner = _causal_lm(model)
+    inner = _checked_causal_lm(model)
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     outputs = _check_outputs(outputs)
@@ -198,7 +187,7 @@ def with_fused_head(
 
 def remove_fused_head(model: nn.Module) -> nn.Module:
     """Undo ``with_fused_head`` (a model without the head is returned unchanged)."""
-    inner = _causal_lm(model)
+    inner = _checked_causal_lm(model)
     settings: _HeadSettings | None = inner.__dict__.pop(_STATE, None)
     if settings is not None:
         inner.__dict__.pop("forward", None)
@@ -208,13 +197,13 @@ def remove_fused_head(model: nn.Module) -> nn.Module:
 
 
 def has_fused_head(model: nn.Module) -> bool:
-    return _STATE in _causal_lm(model).__dict__
+    return _STATE in _checked_causal_lm(model).__dict__
 
 
 def fused_forward_counts(model: nn.Module) -> tuple[int, int]:
     """``(shared, padded)``: how many fused forwards of ``model`` shared prompts, and how many
     ran on the padded batch."""
-    state: _HeadSettings | None = _causal_lm(model).__dict__.get(_STATE)
+    state: _HeadSettings | None = _checked_causal_lm(model).__dict__.get(_STATE)
     if state is None:
         raise ValueError("model has no fused head (see with_fused_head)")
     return state.shared_forwards, state.padded_forwards
@@ -222,19 +211,13 @@ def fused_forward_counts(model: nn.Module) -> tuple[int, int]:
 
 def _token_stats(model: nn.Module, state: _HeadSettings, hidden: torch.Tensor, targets: torch.Tensor) -> dict:
     """Per-token fields for ``hidden [..., H]`` and ``targets [...]`` (-100 = not scored)."""
-    config = text_config(model)
-    head = plain_lm_head(model)
+    head = fused_head_of(model)  # weight, bias, final soft-cap and logit scale, as the model applies them
+    # With a device map the decoder's last layer and the LM head may sit on different devices.
     hidden = hidden.to(head.weight.device)
     targets = targets.to(head.weight.device)
-    scale = _logit_scale(config)
-    if scale != 1.0:
-        if head.bias is not None:
-            raise ValueError("a logit scale with an LM-head bias is not supported by the fused head")
-        hidden = hidden * scale
-    softcap = getattr(config, "final_logit_softcapping", None)
     wanted = state.outputs
-    stats = linear_logprob_stats(
-        hidden, head.weight, targets, bias=head.bias, temperature=state.temperature, softcap=softcap,
+    stats = head.stats(
+        hidden, targets, temperature=state.temperature,
         with_entropy="entropy" in wanted, with_logit_sum="mean_logits" in wanted,
         with_max_logit="is_top1" in wanted,
     )
@@ -250,9 +233,8 @@ def _token_stats(model: nn.Module, state: _HeadSettings, hidden: torch.Tensor, t
         slack = 4 * torch.finfo(torch.float32).eps * (stats.lse.detach().abs() + stats.max_logit.abs() + 1)
         fields["is_top1"] = (target_logit >= stats.max_logit - slack) & mask
     if "log_sum_sq_probs" in wanted:
-        fields["log_sum_sq_probs"] = torch_log_sum_sq_probs(
-            hidden.detach(), head.weight.detach(), head.bias, targets,
-            ignore_index=-100, temperature=state.temperature, softcap=softcap,
+        fields["log_sum_sq_probs"] = head.log_sum_sq_probs(
+            hidden, targets, ignore_index=-100, temperature=state.temperature,
         ).to(stats.logprobs.dtype)
     return fields
 

@@ -1,5 +1,5 @@
 """Shared pieces of the fused layers: token log-probs of [B, T, H] hidden states through the
-fused op, per-sequence sums and lengths, and Liger-compatible metrics (mean logits, chosen NLL)
+fused op (a ``FusedHead`` of the raw ``weight`` / ``bias`` the layers take: no soft-cap, no scale), per-sequence sums and lengths, and Liger-compatible metrics (mean logits, chosen NLL)
 computed without materializing logits."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastalign.ops.linear_logprobs import linear_logprobs
+from fastalign.ops.head import FusedHead
 
 
 class SequenceStats(NamedTuple):
@@ -52,9 +52,12 @@ def check_layer_inputs(weight: torch.Tensor, hidden: torch.Tensor, target: torch
 
 def sequence_stats(weight, hidden, target, bias, *, ignore_index: int, impl: str,
                    temperature: float = 1.0) -> SequenceStats:
-    """One fused call: per-token log-probs ``[R, T]``, their row sums and scored lengths."""
-    token_logps = linear_logprobs(hidden, weight, target, bias=bias, ignore_index=ignore_index,
-                                  temperature=temperature, impl=impl)
+    """One fused call: per-token log-probs ``[R, T]``, their row sums and scored lengths.
+
+    ``weight [V, H]``, ``hidden [R, T, H]``, ``target [R, T]`` (int64, ``ignore_index`` where not
+    scored), ``bias [V]`` or None; log-probs are fp32 (float64 for float64 input)."""
+    token_logps = FusedHead(weight, bias).logprobs(hidden, target, ignore_index=ignore_index,
+                                                   temperature=temperature, impl=impl)
     lengths = (target != ignore_index).sum(dim=1)
     return SequenceStats(token_logps, token_logps.sum(dim=1), lengths)
 

@@ -12,7 +12,7 @@ from fastalign.losses._checks import check_choice, check_range
 from fastalign.losses.aggregation import aggregate
 from fastalign.losses.fused_base import FusedLayerBase, check_layer_inputs
 from fastalign.losses.rl import KL_ESTIMATORS, kl_estimate, ppo_policy_loss
-from fastalign.ops.linear_logprobs import linear_logprobs
+from fastalign.ops.head import FusedHead
 
 GRPO_LOSS_TYPES = {
     "grpo": "seq_mean_token_mean",
@@ -61,8 +61,8 @@ class FusedLinearPPOLoss(FusedLayerBase):
                              f"selected_token_ids shape {tuple(selected_token_ids.shape)}")
         mask = attention_mask.bool()
         targets = selected_token_ids.masked_fill(~mask, self.ignore_index)
-        logps, entropy = linear_logprobs(_input, lin_weight, targets, bias=bias, temperature=self.temperature,
-                                         return_entropy=True, impl=self.impl)
+        logps, entropy = FusedHead(lin_weight, bias).logprobs(_input, targets, temperature=self.temperature,
+                                                              return_entropy=True, impl=self.impl)
         old = logps.detach() if old_per_token_logps is None else old_per_token_logps
         counts = self._counts(num_items_in_batch)
         surrogate = ppo_policy_loss(

@@ -2,6 +2,7 @@
 memory options of long rows (tiled MLP, offloaded checkpoints, sequence parallelism)."""
 
 from fastalign.models.checkpointing import enable_activation_checkpointing
+from fastalign.models.head import FusedHead, fused_head_of
 from fastalign.models.offload import CheckpointOffload
 from fastalign.models.policy import (
     PackedLogprobs,
@@ -22,6 +23,7 @@ from fastalign.models.tiled_mlp import set_mlp_tiling
 __all__ = [
     "AdapterReference",
     "CheckpointOffload",
+    "FusedHead",
     "PackedLogprobs",
     "PolicyModel",
     "PrecomputedReference",
@@ -31,6 +33,7 @@ __all__ = [
     "SeparateReference",
     "TokenLogprobs",
     "enable_activation_checkpointing",
+    "fused_head_of",
     "packed_logprobs",
     "reduce_packed",
     "reward_model_from_causal_lm",

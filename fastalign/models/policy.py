@@ -2,8 +2,9 @@
 
 Its forward takes a ``PackedBatch``, runs the decoder once over the packed row (prompt shared
 by both answers), gathers only the hidden rows the label index names and feeds them to
-``linear_logprobs`` — full-vocabulary logits never exist. DDP / FSDP2 wrap this module, so
-their hooks see the LM-head weight used inside the forward.
+``linear_logprobs`` through the model's ``FusedHead`` (weight, bias, final soft-cap and logit
+scale, read by ``fastalign.models.head``) — full-vocabulary logits never exist. DDP / FSDP2
+wrap this module, so their hooks see the LM-head weight used inside the forward.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from torch import nn
 
 from fastalign.attention.ulysses import SequenceParallelGroup
 from fastalign.losses.sequence import sequence_logps
-from fastalign.models.backbone import PackedModel, causal_lm, plain_lm_head, text_config
+from fastalign.models.backbone import PackedModel, causal_lm
+from fastalign.models.head import fused_head_of
 from fastalign.models.sequence_parallel import local_labels, sum_over_group
-from fastalign.ops import linear_logprobs
 from fastalign.packing.batch import PackedBatch
 
 
@@ -45,6 +46,9 @@ class PolicyModel(PackedModel):
         model: a transformers causal LM whose attention goes through ``AttentionInterface``
             (Llama, Qwen2/3, Mistral, Gemma2, ...). Its attention implementation is switched
             to a fastalign backend, which behaves like the built-in one outside packed forwards.
+            Its LM head must be a plain ``nn.Linear``; a final-logit soft-cap (Gemma 2) and a
+            logit scale (Cohere, Granite) are applied as in the model's own forward, a logit
+            scale together with an LM-head bias is refused (``fastalign.models.head``).
         attention: ``"auto"`` or a backend name from ``fastalign.attention.BACKENDS``.
         mlp_tile_tokens, offload_checkpoints: memory options (see ``PackedModel``): tile each
             decoder layer's MLP over this many tokens; keep checkpointed layer inputs in pinned
@@ -61,9 +65,7 @@ class PolicyModel(PackedModel):
                  offload_checkpoints: bool = False, sequence_parallel: SequenceParallelGroup | None = None) -> None:
         super().__init__(model, attention=attention, mlp_tile_tokens=mlp_tile_tokens,
                          offload_checkpoints=offload_checkpoints, sequence_parallel=sequence_parallel)
-        plain_lm_head(model)
-        if getattr(text_config(model), "logit_scale", None) not in (None, 1.0):
-            raise ValueError("models with a logit_scale on the LM head are not supported")
+        fused_head_of(model)  # refuse an unsupported head now rather than at the first forward
 
     def forward(self, batch: PackedBatch, *, temperature: float = 1.0, return_entropy: bool = False) -> TokenLogprobs:
         """Log-probs (fp32 ``[M]``) of ``batch.targets``, and entropies when asked for."""
@@ -74,12 +76,9 @@ class PolicyModel(PackedModel):
         else:
             positions, local_rows = local_labels(batch, group, hidden.shape[0])
             rows, targets = hidden.index_select(0, local_rows), batch.targets.index_select(0, positions)
-        head = causal_lm(self.model).get_output_embeddings()
-        result = linear_logprobs(
-            rows, head.weight, targets, bias=head.bias, temperature=temperature,
-            softcap=getattr(text_config(self.model), "final_logit_softcapping", None),
-            return_entropy=return_entropy,
-        )
+        # Read at each forward, not cached at init: FSDP2 swaps in the unsharded weight around it.
+        result = fused_head_of(self.model).logprobs(rows, targets, temperature=temperature,
+                                                    return_entropy=return_entropy)
         logprobs, entropy = (result.logprobs, result.entropy) if return_entropy else (result, None)
         if group is not None:  # each label was scored on exactly one rank: the sum is the row's [M]
             labels = batch.label_index.shape[0]

@@ -1,5 +1,6 @@
 """Launchers, autograd and dispatch of fastalign's fused ops (no ``@triton.jit`` code here)."""
 
+from fastalign.ops.head import FusedHead
 from fastalign.ops.linear_cross_entropy import linear_cross_entropy
 from fastalign.ops.linear_logprobs import (
     LinearLogprobStats,
@@ -9,6 +10,7 @@ from fastalign.ops.linear_logprobs import (
 )
 
 __all__ = [
+    "FusedHead",
     "LinearLogprobStats",
     "LogprobsAndEntropy",
     "linear_cross_entropy",
