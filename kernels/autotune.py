@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import triton
 
-from .interpret import interpreting  # re-exported: report.py and callers use autotune.interpreting()
+# Re-exported: report.py and other callers ask autotune.interpreting().
+from .interpret import interpreting
 
 # Largest BLOCK_V of any configuration: vocab chunks are cut at multiples of it so that every
 # configuration tiles a chunk exactly.
