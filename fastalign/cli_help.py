@@ -11,9 +11,8 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from fastalign.train.config import DPOConfig, RewardConfig, SFTConfig, TrainConfig
+from fastalign.train.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, SFTConfig, TrainConfig
 from fastalign.train.options import GROUPS, option_docs
-from fastalign.train.rl_config import GRPOConfig, PPOConfig
 
 # `fastalign train KIND` -> (its config class, one line saying what it trains).
 KINDS: dict[str, tuple[type[TrainConfig], str]] = {

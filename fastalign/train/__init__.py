@@ -1,9 +1,9 @@
 """Trainers: SFT, DPO, reward model, PPO and GRPO on packed rows, with config dataclasses and
 resumable checkpoints.
 
-The names below are imported on first use (PEP 562), so that the config modules
-(``fastalign.train.config``, ``fastalign.train.rl_config``), which the CLI's help reads, load
-without torch.
+Every config class lives in ``fastalign.train.config``, every trainer in
+``fastalign.train.<method>``. The names below are imported on first use (PEP 562), so that the
+configs, which the CLI's help reads, load without torch.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ _EXPORTS = {
     "SFTConfig": "fastalign.train.config",
     "DPOConfig": "fastalign.train.config",
     "RewardConfig": "fastalign.train.config",
+    "RolloutConfig": "fastalign.train.config",
+    "PPOConfig": "fastalign.train.config",
+    "GRPOConfig": "fastalign.train.config",
+    "GRPOTrainer": "fastalign.train.grpo",
+    "PPOTrainer": "fastalign.train.ppo",
     "DPOTrainer": "fastalign.train.dpo",
     "RunDirectoryError": "fastalign.train.lifecycle",
     "TrainingInterrupted": "fastalign.train.lifecycle",

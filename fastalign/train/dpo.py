@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastalign.data.token_lists import preference_token_lists
 from fastalign.eval.preference import preference_accuracy
 from fastalign.losses import cpo_loss, dpo_loss, orpo_loss, simpo_loss
 from fastalign.losses.outputs import PreferenceLossOutput
@@ -21,7 +22,6 @@ from fastalign.packing import PackedBatch, pack_preference_examples
 from fastalign.train import distributed
 from fastalign.train.base import Trainer
 from fastalign.train.config import DPOConfig
-from fastalign.train.data_glue import preference_token_lists
 
 
 class DPOTrainer(Trainer):

@@ -21,7 +21,7 @@ from fastalign.models import PolicyModel
 from fastalign.packing import PackedBatch
 from fastalign.rollout.rewards import RewardFn
 from fastalign.train.rl_base import RolloutTrainer
-from fastalign.train.rl_config import GRPOConfig  # torch-free, for the CLI's help; re-exported
+from fastalign.train.config import GRPOConfig  # noqa: F401 - re-exported
 
 
 class GRPOTrainer(RolloutTrainer):

@@ -22,7 +22,7 @@ from fastalign.models.reward import RewardModel, is_sequence_classifier
 from fastalign.packing import PackedBatch
 from fastalign.rollout.rewards import RewardFn
 from fastalign.train.rl_base import RolloutTrainer
-from fastalign.train.rl_config import PPOConfig  # torch-free, for the CLI's help; re-exported
+from fastalign.train.config import PPOConfig  # noqa: F401 - re-exported
 
 
 class ActorCritic(nn.Module):

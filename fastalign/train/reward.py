@@ -9,13 +9,13 @@ import math
 import torch
 from torch import nn
 
+from fastalign.data.token_lists import preference_token_lists
 from fastalign.losses.reward import bradley_terry_loss
 from fastalign.models.backbone import PackedModel
 from fastalign.models.reward import RewardModel, is_sequence_classifier, reward_model_from_causal_lm
 from fastalign.packing import PackedBatch, pack_preference_examples
 from fastalign.train.base import Trainer, with_lora
 from fastalign.train.config import RewardConfig  # torch-free, for the CLI's help; re-exported
-from fastalign.train.data_glue import preference_token_lists
 
 MARGIN_COLUMN = "margin"
 

@@ -13,7 +13,7 @@ from fastalign.rollout.rewards import RewardFn
 from fastalign.train import distributed
 from fastalign.train.base import Trainer
 from fastalign.train.config import TrainConfig
-from fastalign.train.rl_config import RolloutConfig  # noqa: F401 - re-exported
+from fastalign.train.config import RolloutConfig  # noqa: F401 - re-exported
 
 
 class RolloutTrainer(Trainer):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from fastalign.data.token_lists import sft_token_lists
 from fastalign.packing import PackedBatch, pack_completion_examples
 from fastalign.train.base import Trainer
 from fastalign.train.config import SFTConfig
-from fastalign.train.data_glue import sft_token_lists
 
 
 class SFTTrainer(Trainer):

@@ -24,8 +24,8 @@ from fastalign.data import (  # noqa: E402
     tokenize_sft_data,
 )
 from fastalign.data.encoding import RowEncoder  # noqa: E402
+from fastalign.data.token_lists import preference_token_lists  # noqa: E402
 from fastalign.integrations.trl import DPOTrainer as FastDPOTrainer  # noqa: E402
-from fastalign.train.data_glue import preference_token_lists  # noqa: E402
 from tests.data.chat_tokenizers import FLAVORS, TURN_END, chat_tokenizer  # noqa: E402
 from tests.data.test_chat_tokenization import CONVERSATION, PAIRS  # noqa: E402
 

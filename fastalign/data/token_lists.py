@@ -1,4 +1,4 @@
-"""Turn a trainer's data argument into token-id lists for the packer.
+"""A trainer's data argument as token-id lists for the packer.
 
 Accepted: a ``datasets.Dataset`` with token-id columns (used as they are) or with text
 columns (tokenized through ``fastalign.data`` with the trainer's tokenizer).
