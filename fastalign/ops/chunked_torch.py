@@ -22,6 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from fastalign.ops.calls import GradientRequest, LogitsCall
+
 # Elements of one [rows, V] logits chunk: 32M fp32 = 128 MiB, whatever N is. Big enough that
 # the GEMMs run as fast as on whole matrices (CPU BLAS repacks the weight on every call: a
 # 128-row chunk measured 1.4x the time of the unchunked GEMMs, a 512-row one 1.1x), small
@@ -116,20 +118,10 @@ def _scored_rows(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return (targets.reshape(-1) != ignore_index).nonzero().squeeze(1)
 
 
-def torch_forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    ignore_index: int,
-    temperature: float,
-    softcap: float | None,
-    with_entropy: bool,
-    with_logit_sum: bool,
-    with_max_logit: bool = False,
-) -> TorchStats:
+def torch_forward(call: LogitsCall, *, with_entropy: bool, with_logit_sum: bool,
+                  with_max_logit: bool = False) -> TorchStats:
     """Per-row log-prob of the target, lse, and optionally entropy, logit sum and max (``[N]``)."""
+    hidden, weight, bias, targets, ignore_index, temperature, softcap = call
     acc = accumulation_dtype(hidden.dtype)
     flat_targets = targets.reshape(-1)
     n_rows = flat_targets.numel()
@@ -207,27 +199,14 @@ def _logits_grad(
     return grad
 
 
-def torch_backward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    lse: torch.Tensor,
-    entropy: torch.Tensor | None,
-    grads: dict[str, torch.Tensor | None],
-    *,
-    ignore_index: int,
-    temperature: float,
-    softcap: float | None,
-    needs_hidden_grad: bool,
-    needs_weight_grad: bool,
-    needs_bias_grad: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients ``(d hidden, d weight, d bias)`` from upstream per-row gradients.
-
-    ``grads`` maps ``logprobs``/``lse``/``entropy``/``logit_sum`` to ``[N]`` tensors or None.
-    dW and db accumulate in fp32 (fp64 for float64 inputs) across chunks.
+def torch_backward(call: LogitsCall, request: GradientRequest
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients ``(d hidden, d weight, d bias)`` (``None`` where not requested) from the
+    upstream per-row gradients of ``request``. dW and db accumulate in fp32 (fp64 for float64
+    inputs) across chunks.
     """
+    hidden, weight, bias, targets, ignore_index, temperature, softcap = call
+    lse, entropy, grads, needs_hidden_grad, needs_weight_grad, needs_bias_grad = request
     acc = accumulation_dtype(hidden.dtype)
     flat_targets = targets.reshape(-1)
     vocab, hidden_size = weight.shape
@@ -264,20 +243,12 @@ def torch_backward(
 
 
 @torch.no_grad()
-def torch_log_sum_sq_probs(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    ignore_index: int,
-    temperature: float,
-    softcap: float | None,
-) -> torch.Tensor:
+def torch_log_sum_sq_probs(call: LogitsCall) -> torch.Tensor:
     """``log sum_j p_j^2`` per row (fp32 ``[N]``, 0 where ignored), chunked, without gradient.
 
     ``log sum p^2 = lse(2z) - 2 lse(z)``: the collision probability WPO weights pairs by.
     """
+    hidden, weight, bias, targets, ignore_index, temperature, softcap = call
     acc = accumulation_dtype(hidden.dtype)
     out = torch.zeros(targets.numel(), dtype=acc, device=hidden.device)
     read_rows = _HiddenRows(hidden)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from fastalign.ops.calls import LogitsCall
 from fastalign.ops.chunked_torch import torch_log_sum_sq_probs
 from fastalign.ops.linear_logprobs import (
     LinearLogprobStats,
@@ -80,7 +81,7 @@ class FusedHead:
         """``log Σ_j p_j²`` per row (fp32, float64 for float64 input; shaped like ``targets``, 0
         where ignored), without gradient: an extra chunked pass over the vocabulary (TRL's
         ``log_sum_sq_probs``)."""
-        return torch_log_sum_sq_probs(
+        return torch_log_sum_sq_probs(LogitsCall(
             self.scaled(hidden.detach()), self.weight.detach(), self.bias, targets,
             ignore_index=ignore_index, temperature=temperature, softcap=self.softcap,
-        )
+        ))

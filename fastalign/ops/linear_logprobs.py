@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from fastalign.ops.calls import GradientRequest, LogitsCall
 from fastalign.ops.chunked_torch import accumulation_dtype, torch_backward, torch_forward
 from fastalign.ops.dispatch import resolve_impl
 from fastalign.ops.validation import (
@@ -111,21 +112,15 @@ def _stats_op(
             zeros.clone() if with_logit_sum else empty.clone(),
             zeros.clone() if with_max_logit else empty.clone(),
         )
-    kwargs = dict(
-        ignore_index=ignore_index,
-        temperature=temperature,
-        softcap=softcap,
-        with_entropy=with_entropy,
-        with_logit_sum=with_logit_sum,
-        with_max_logit=with_max_logit,
-    )
+    call = LogitsCall(hidden, weight, bias, targets, ignore_index, temperature, softcap)
+    wanted = dict(with_entropy=with_entropy, with_logit_sum=with_logit_sum, with_max_logit=with_max_logit)
     with _autocast_disabled(hidden.device.type):
         if impl == "triton":
             from fastalign.ops.linear_logprobs_triton import triton_forward
 
-            stats = triton_forward(hidden, weight, bias, targets, **kwargs)
+            stats = triton_forward(call, **wanted)
         else:
-            stats = torch_forward(hidden, weight, bias, targets, **kwargs)
+            stats = torch_forward(call, **wanted)
     shape = targets.shape
     return (
         stats.logprobs.view(shape),
@@ -175,27 +170,23 @@ def _stats_backward_op(
     backward: str,
     memory_budget: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    grads = dict(zip(_GRAD_NAMES, (grad_logprobs, grad_entropy, grad_lse, grad_logit_sum)))
-    kwargs = dict(
-        ignore_index=ignore_index,
-        temperature=temperature,
-        softcap=softcap,
+    call = LogitsCall(hidden, weight, bias, targets, ignore_index, temperature, softcap)
+    request = GradientRequest(
+        lse=lse,
+        entropy=entropy.reshape(-1) if entropy.numel() else None,
+        grads=dict(zip(_GRAD_NAMES, (grad_logprobs, grad_entropy, grad_lse, grad_logit_sum))),
         needs_hidden_grad=needs_hidden_grad,
         needs_weight_grad=needs_weight_grad,
         needs_bias_grad=needs_bias_grad and bias is not None,
     )
-    saved_entropy = entropy.reshape(-1) if entropy.numel() else None
     with _autocast_disabled(hidden.device.type):
         if impl == "triton":
             from fastalign.ops.linear_logprobs_triton import triton_backward
 
-            result = triton_backward(
-                hidden, weight, bias, targets, lse, saved_entropy, grads,
-                deterministic=deterministic, filter_eps=filter_eps, backward=backward,
-                memory_budget=memory_budget, **kwargs,
-            )
+            result = triton_backward(call, request, deterministic=deterministic, filter_eps=filter_eps,
+                                     backward=backward, memory_budget=memory_budget)
         else:
-            result = torch_backward(hidden, weight, bias, targets, lse, saved_entropy, grads, **kwargs)
+            result = torch_backward(call, request)
     empty = hidden.new_empty(0)
     return tuple(g if g is not None else empty.clone() for g in result)
 

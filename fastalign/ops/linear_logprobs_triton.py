@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from fastalign.kernels import plans
+from fastalign.ops.calls import GradientRequest, LogitsCall
 from fastalign.ops.gemm import addmm_fp32_, matmul_fp32
 
 # The default extra memory of the chunked backward: the [rows, V] logits gradient buffer.
@@ -134,25 +135,14 @@ def _head_call(hidden, weight, flat_targets, layout, features, ignore_index, tem
     )
 
 
-def triton_forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    ignore_index: int,
-    temperature: float,
-    softcap: float | None,
-    with_entropy: bool,
-    with_logit_sum: bool,
-    with_max_logit: bool = False,
-    num_splits: int | None = None,
-) -> TritonStats:
-    """Run the forward kernels. ``hidden [..., H]``, ``weight [V, H]``, ``targets [...]``.
+def triton_forward(call: LogitsCall, *, with_entropy: bool, with_logit_sum: bool, with_max_logit: bool = False,
+                   num_splits: int | None = None) -> TritonStats:
+    """Run the forward kernels on ``call`` (``hidden [..., H]``, ``weight [V, H]``, ``targets [...]``).
 
     Returns fp32 ``[N]`` tensors (``N = targets.numel()``), zero at ignored rows.
     ``num_splits`` overrides the number of vocab chunks (tests use it to cover the combine).
     """
+    hidden, weight, bias, targets, ignore_index, temperature, softcap = call
     device = hidden.device
     n_rows = targets.numel()
     layout, hidden = kernel_row_layout(hidden)
@@ -162,8 +152,8 @@ def triton_forward(
         has_bias=bias is not None, has_softcap=softcap is not None, with_entropy=with_entropy,
         with_logit_sum=with_logit_sum, with_max_logit=with_max_logit,
     )
-    call = _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap)
-    forward, combine, chunks = plans.forward_plan(call, num_sms=_multiprocessors(device), num_chunks=num_splits)
+    head = _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap)
+    forward, combine, chunks = plans.forward_plan(head, num_sms=_multiprocessors(device), num_chunks=num_splits)
     f32 = dict(dtype=torch.float32, device=device)
     part_max = torch.empty((chunks, n_rows), **f32)
     part_sum = torch.empty((chunks, n_rows), **f32)
@@ -243,8 +233,9 @@ class _ChunkRows:
         return self.hidden[torch.unravel_index(rows, self.hidden.shape[:-1])]
 
 
-def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, call: plans.HeadCall,
-                      chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad):
+def _chunked_backward(call: LogitsCall, request: GradientRequest, head: plans.HeadCall, chunk_rows: int):
+    hidden, weight, bias, flat_targets = call[:4]
+    lse, entropy, grads, needs_hidden_grad, needs_weight_grad, needs_bias_grad = request
     device = hidden.device
     n_rows = flat_targets.numel()
     vocab, hidden_size = weight.shape
@@ -261,7 +252,7 @@ def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, c
     )
     for start in range(0, n_rows, chunk_rows):
         rows = min(chunk_rows, n_rows - start)
-        _launch(plans.dlogits_plan(call, start, rows), pointers)
+        _launch(plans.dlogits_plan(head, start, rows), pointers)
         grad_logits = buffer[:rows, :vocab]
         if grad_hidden is not None:
             grad_hidden[start:start + rows] = matmul_fp32(grad_logits, weight)
@@ -272,9 +263,10 @@ def _chunked_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, c
     return grad_hidden, grad_weight, grad_bias
 
 
-def _fused_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, call: plans.HeadCall,
-                    needs_hidden_grad, needs_weight_grad, needs_bias_grad,
-                    deterministic, filter_eps, num_splits):
+def _fused_backward(call: LogitsCall, request: GradientRequest, head: plans.HeadCall,
+                    deterministic: bool, filter_eps: float | None, num_splits: int | None):
+    hidden, weight, bias, flat_targets = call[:4]
+    lse, entropy, grads, needs_hidden_grad, needs_weight_grad, needs_bias_grad = request
     device = hidden.device
     n_rows = flat_targets.numel()
     vocab, hidden_size = weight.shape
@@ -296,7 +288,7 @@ def _fused_backward(hidden, weight, bias, flat_targets, lse, entropy, grads, cal
             compute_db=compute_params and needs_bias_grad, dh_atomic=dh_atomic,
             dw_atomic=dw_atomic, filter_eps=filter_eps,
         )
-        _launch(plans.fused_backward_plan(call, schedule), dict(
+        _launch(plans.fused_backward_plan(head, schedule), dict(
             **base,
             dh_ptr=grad_hidden if compute_dh else scratch,
             dw_ptr=grad_weight if compute_params and grad_weight is not None else scratch,
@@ -331,20 +323,9 @@ def _splits(num_blocks: int, swept_extent: int, min_per_split: int, sms: int) ->
 
 
 def triton_backward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    lse: torch.Tensor,
-    entropy: torch.Tensor | None,
-    grads: dict[str, torch.Tensor | None],
+    call: LogitsCall,
+    request: GradientRequest,
     *,
-    ignore_index: int,
-    temperature: float,
-    softcap: float | None,
-    needs_hidden_grad: bool,
-    needs_weight_grad: bool,
-    needs_bias_grad: bool,
     deterministic: bool = False,
     filter_eps: float | None = None,
     num_splits: int | None = None,
@@ -358,6 +339,8 @@ def triton_backward(
     ``deterministic``, ``filter_eps`` and ``num_splits`` concern the fused mode only (the
     chunked mode is deterministic and exact).
     """
+    hidden, weight, bias, targets, ignore_index, temperature, softcap = call
+    lse, entropy, grads, needs_hidden_grad, needs_weight_grad, needs_bias_grad = request
     n_rows = targets.numel()
     mode, chunk_rows = choose_backward(backward, n_rows, weight.shape[0], hidden.element_size(), memory_budget)
     grad_shape = hidden.shape
@@ -366,23 +349,19 @@ def triton_backward(
     flat_targets = _flat_targets(targets)
     upstream = {name: grads.get(name) for name in ("logprobs", "lse", "entropy", "logit_sum")}
     features = _upstream_features(upstream, bias, softcap)
-    call = _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap)
+    head = _head_call(hidden, weight, flat_targets, layout, features, ignore_index, temperature, softcap)
     if n_rows == 0 or all(g is None for g in upstream.values()):
         dh = torch.zeros(grad_shape, dtype=hidden.dtype, device=hidden.device) if needs_hidden_grad else None
         dw = torch.zeros_like(weight) if needs_weight_grad else None
         db = torch.zeros_like(bias) if needs_bias_grad else None
         return dh, dw, db
+    # From here on: kernel row layout, flat targets, every upstream name present.
+    call = call._replace(hidden=hidden, weight=weight, targets=flat_targets)
+    request = request._replace(grads=upstream)
     if mode == "chunked":
-        dh, dw, db = _chunked_backward(
-            hidden, weight, bias, flat_targets, lse, entropy, upstream, call,
-            chunk_rows, needs_hidden_grad, needs_weight_grad, needs_bias_grad,
-        )
+        dh, dw, db = _chunked_backward(call, request, head, chunk_rows)
     else:
-        dh, dw, db = _fused_backward(
-            hidden, weight, bias, flat_targets, lse, entropy, upstream, call,
-            needs_hidden_grad, needs_weight_grad, needs_bias_grad, deterministic, filter_eps,
-            num_splits,
-        )
+        dh, dw, db = _fused_backward(call, request, head, deterministic, filter_eps, num_splits)
     return (
         dh.view(grad_shape) if dh is not None else None,
         dw.to(weight.dtype) if dw is not None else None,

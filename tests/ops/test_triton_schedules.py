@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastalign.ops.calls import GradientRequest, LogitsCall
 from fastalign.ops.linear_logprobs import linear_logprob_stats
 from fastalign.ops.linear_logprobs_triton import triton_backward, triton_forward
 from fastalign.ops.reference import reference_linear_logprob_stats
@@ -15,14 +16,13 @@ from tests.ops.oracle_check import assert_matches_oracle, make_case
 
 pytest.importorskip("triton")
 
-OPTIONS = dict(ignore_index=-100, temperature=1.0, softcap=None)
+def _call(case) -> LogitsCall:
+    return LogitsCall(case.hidden, case.weight, case.bias, case.targets, ignore_index=-100, temperature=1.0,
+                      softcap=None)
 
 
 def _forward(case, splits):
-    return triton_forward(
-        case.hidden, case.weight, case.bias, case.targets, **OPTIONS,
-        with_entropy=True, with_logit_sum=True, num_splits=splits,
-    )
+    return triton_forward(_call(case), with_entropy=True, with_logit_sum=True, num_splits=splits)
 
 
 def test_split_vocab_combine_is_exact(kernel_device):
@@ -62,11 +62,9 @@ def _grads(case, *, deterministic, splits, needs=(True, True, True), backward="f
         for name in ("logprobs", "entropy", "lse")
     }
     upstream["logit_sum"] = None
-    return triton_backward(
-        case.hidden, case.weight, case.bias, case.targets, stats.lse, stats.entropy, upstream,
-        **OPTIONS, needs_hidden_grad=needs[0], needs_weight_grad=needs[1], needs_bias_grad=needs[2],
-        deterministic=deterministic, num_splits=splits, backward=backward, memory_budget=budget,
-    ), upstream
+    request = GradientRequest(stats.lse, stats.entropy, upstream, *needs)
+    return triton_backward(_call(case), request, deterministic=deterministic, num_splits=splits, backward=backward,
+                           memory_budget=budget), upstream
 
 
 def test_atomic_and_deterministic_backward_agree(kernel_device):
