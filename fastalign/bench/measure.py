@@ -1,4 +1,7 @@
-"""Timing (median and spread) and peak memory of a callable, on CUDA or CPU."""
+"""Timing (median and spread) of a callable, on CUDA or CPU, and the out-of-memory test.
+
+Memory is measured by ``fastalign.bench.memory``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from fastalign.testing.memory import AllocationRecorder
 
 
 @dataclass
@@ -54,20 +55,6 @@ def time_callable(fn: Callable[[], object], device: torch.device, *, warmup: int
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), repeats)
 
 
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated by one run of ``fn`` above what was live before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with AllocationRecorder() as recorder:
-        fn()
-    return recorder.peak_bytes
-
-
 def is_out_of_memory(error: BaseException) -> bool:
+    """True for a CUDA OOM or any error that says so: benchmarks record it as a result."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()

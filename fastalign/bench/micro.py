@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastalign.bench.measure import peak_memory_bytes
+from fastalign.bench.memory import peak_memory_bytes
 
 
 def record_benchmark(benchmark, fn: Callable[[], object], device: torch.device, *, tokens: int,
@@ -20,7 +20,8 @@ def record_benchmark(benchmark, fn: Callable[[], object], device: torch.device, 
             torch.cuda.synchronize(device)
 
     benchmark.pedantic(synced, rounds=rounds, warmup_rounds=1, iterations=1)
-    mean_s = benchmark.stats.stats.mean
+    # None under --benchmark-disable (the step ran once, untimed): no rate then.
+    mean_s = benchmark.stats.stats.mean if benchmark.stats is not None else None
     benchmark.extra_info.update(info)
     benchmark.extra_info["tokens"] = tokens
     benchmark.extra_info["tokens_per_s"] = tokens / mean_s if mean_s else None

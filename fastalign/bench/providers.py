@@ -1,8 +1,13 @@
-"""Implementations of "per-token log-probs from hidden states and an LM head" to compare.
+"""The implementations benchmarks compare, with what each needs.
 
-Each provider maps ``(hidden [N, H], weight [V, H], targets [N])`` to differentiable fp32
-log-probs ``[N]``. Peers that are not installed, or need a GPU that is absent, report why
-instead of being faked.
+``PROVIDERS``: "per-token log-probs from hidden states and an LM head". Each maps
+``(hidden [N, H], weight [V, H], targets [N])`` to differentiable fp32 log-probs ``[N]``.
+
+``DPO_PROVIDERS``: one DPO step of the head, policy forward+backward plus the reference forward.
+Each builds, for a device, a step ``(weight, hidden, target, ref_hidden, ref_weight) -> loss``;
+``make_dpo_batch`` makes its inputs.
+
+Peers that are not installed, or need a GPU that is absent, report why instead of being faked.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastalign.losses import FusedLinearDPOLoss, dpo_loss
 from fastalign.ops.dispatch import triton_importable
 from fastalign.ops.linear_logprobs import linear_logprobs
 
@@ -90,3 +96,59 @@ PROVIDERS = {
     "liger": Provider("liger", _liger, _needs_cuda_and("liger_kernel")),
     "cut_cross_entropy": Provider("cut_cross_entropy", _cut_cross_entropy, _needs_cuda_and("cut_cross_entropy")),
 }
+
+
+# -- the DPO head step ------------------------------------------------------------------------
+BETA = 0.1
+DPOStep = Callable[..., torch.Tensor]  # (weight, hidden, target, ref_hidden, ref_weight) -> loss
+
+
+def naive_dpo(weight, hidden, target, ref_hidden, ref_weight) -> torch.Tensor:
+    """Full logits for policy and reference, log_softmax, gather, the DPO loss."""
+    def sequence_logps(h, w):
+        logits = (h @ w.T).float()
+        scored = target != -100
+        picked = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * scored).sum(-1)
+
+    policy = sequence_logps(hidden, weight)
+    with torch.no_grad():
+        ref = sequence_logps(ref_hidden, ref_weight)
+    half = policy.shape[0] // 2
+    return dpo_loss(policy[:half], policy[half:], ref[:half], ref[half:], beta=BETA).loss
+
+
+def _liger_dpo(device: torch.device) -> DPOStep:
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+    layer = LigerFusedLinearDPOLoss(beta=BETA, compiled=device.type == "cuda")
+    return lambda w, h, t, rh, rw: layer(w, h, t, None, rh, rw)[0]
+
+
+def _fastalign_dpo(device: torch.device) -> DPOStep:
+    layer = FusedLinearDPOLoss(beta=BETA)
+    return lambda w, h, t, rh, rw: layer(w, h, t, None, rh, rw)[0]
+
+
+def _available(module: str) -> Callable[[torch.device], str | None]:
+    return lambda device: None if importlib.util.find_spec(module) else f"{module} is not installed"
+
+
+# name -> (build(device) -> step, needs(device) -> None when usable, else the reason)
+DPO_PROVIDERS: dict[str, tuple[Callable[[torch.device], DPOStep], Callable[[torch.device], str | None]]] = {
+    "naive": (lambda device: naive_dpo, lambda device: None),
+    "liger": (_liger_dpo, _available("liger_kernel")),
+    "fastalign": (_fastalign_dpo, lambda device: None),
+}
+
+
+def make_dpo_batch(pairs: int, seq: int, h: int, v: int, dtype, device, *, prompt_fraction=0.6, seed=0):
+    """``2 * pairs`` rows of ``seq`` tokens (chosen rows, then rejected); the first
+    ``prompt_fraction`` of each row is prompt (target -100), like HH's long prompts."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2 * pairs, seq, h, generator=gen).to(device, dtype)
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).to(device, dtype)
+    target = torch.randint(0, v, (2 * pairs, seq), generator=gen)
+    target[:, : int(prompt_fraction * seq)] = -100
+    ref_hidden = (hidden.float() + 0.05 * torch.randn(hidden.shape, generator=gen).to(device)).to(dtype)
+    return weight, hidden, target.to(device), ref_hidden, weight.detach().clone()

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from fastalign.bench.measure import is_out_of_memory, peak_memory_bytes, time_callable
+from fastalign.bench.measure import is_out_of_memory, time_callable
+from fastalign.bench.memory import peak_memory_bytes
 
 
 @dataclass

@@ -19,7 +19,6 @@ import contextlib
 import gc
 import math
 import random
-import resource
 import signal
 import time
 import warnings
@@ -30,6 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastalign.bench.memory import (
+    cuda_peak_bytes,
+    process_peak_rss_bytes,
+    reset_cuda_peak,
+)
 from fastalign.models import PolicyModel, enable_activation_checkpointing
 from fastalign.models.backbone import PackedModel
 from fastalign.packing import PackedBatch
@@ -292,7 +296,7 @@ class Trainer(Checkpointing, StepRows):
         config = self.config
         start = time.perf_counter()
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+            reset_cuda_peak(self.device)  # the benchmarks' meter, unsynchronized: the step's own peak
         self._nonfinite = None
         rows = self.next_rows()
         self.optimizer.zero_grad(set_to_none=True)
@@ -353,8 +357,8 @@ class Trainer(Checkpointing, StepRows):
         """CUDA: the step's peak allocated memory. CPU: only the process-lifetime peak RSS
         exists (it never goes down), so it is named for what it is."""
         if self.device.type == "cuda":
-            return {"peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
-        return {"process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+            return {"peak_memory_mb": cuda_peak_bytes(self.device) / 2**20}
+        return {"process_peak_rss_mb": process_peak_rss_bytes() / 2**20}
 
     def save_model(self, path: str | Path | None = None) -> Path:
         """``save_pretrained`` of the trained model (LoRA merged) and the tokenizer, to ``path``
