@@ -26,7 +26,7 @@ Providers (``PROVIDERS``):
 
 Memory: the peak above the memory of the trainer after a warm-up step at a short length (weights
 of policy and reference, gradients, AdamW state: "the model's own"). On CPU the resident set
-size sampled every 5 ms (``fastalign.bench.pipeline.memory_meter(..., "rss")``; each case runs
+size sampled every 5 ms (``fastalign.bench.memory.memory_meter(..., "rss")``; each case runs
 in a fresh process with glibc's mmap threshold fixed, so freed tensors leave the resident set),
 on CUDA ``torch.cuda.max_memory_allocated``. Per provider (``summarize``): the memory per token
 of context length (the marginal slope at the long end, and a least-squares line over all
@@ -35,49 +35,46 @@ GPU).
 Seconds per step: one step, on a shared machine; the 1-minute load average is recorded beside
 every case.
 
-Used by ``bench/bench_long_context.py``.
+    python bench/bench_long_context.py --preset cpu      # H=576 Llama, V=49152, L in 1k..8k
+    python bench/bench_long_context.py --preset gpu-1b   # Llama-3.2-1B shape, L in 4k..64k
+
+Writes bench/results/<device>/long_context_<preset>.{json,csv,md,png}. The measured step:
+``bench/long_context_steps.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastalign.bench.environment import environment, load_average
-from fastalign.bench.measure import is_out_of_memory
-from fastalign.bench.packing import DTYPES, LLAMA_1B_SHAPE, baseline_attention
-from fastalign.bench.pipeline import memory_meter
-from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
+# Run as `python bench/bench_long_context.py`, sys.path[0] is bench/: the repository root goes first
+# so that the helper imports as `bench.long_context_steps`, the name the tests use too.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench.long_context_steps import PROVIDERS, LongContextPreset, run_case
+from fastalign.bench.environment import environment
+from fastalign.bench.report import (
+    headless_pyplot,
+    results_dir,
+    save_figure,
+    write_results,
+)
+from fastalign.bench.workloads import LLAMA_1B_SHAPE
 
 RESULT_MARK = "LONG_CONTEXT_RESULT "
 # Every large allocation straight from mmap: freed tensors leave the resident set at once, so
 # the sampled RSS follows live memory (glibc otherwise raises the threshold as it sees frees).
 CASE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-
-
-@dataclass(frozen=True)
-class LongContextPreset:
-    """Model, lengths and memory budget of one run."""
-
-    model: dict  # LlamaConfig keyword arguments
-    dtype: str  # float32: plain fp32; bfloat16: fp32 weights with bf16 autocast (both providers)
-    lengths: tuple[int, ...]  # context lengths L (P + C = P + R)
-    budget_gib: float  # for the projected longest L
-    mlp_tile_tokens: int
-    warmup_length: int = 256
-    seed: int = 0
 
 
 CPU_MODEL = dict(hidden_size=576, num_hidden_layers=4, num_attention_heads=9, num_key_value_heads=3,
@@ -97,176 +94,9 @@ PRESETS: dict[str, LongContextPreset] = {
 }
 
 
-@dataclass(frozen=True)
-class Provider:
-    """One trainer setting. ``features``: fastalign's memory options (``None`` for TRL)."""
-
-    name: str
-    features: dict[str, bool] | None
-    cuda_only: bool = False
-
-
-_ALL = {"tiled_mlp": True, "reference_first": True, "offload": True}
-PROVIDERS: dict[str, Provider] = {
-    provider.name: provider
-    for provider in (
-        Provider("trl", None),
-        Provider("fastalign", _ALL),
-        Provider("fastalign-no-tiled-mlp", {**_ALL, "tiled_mlp": False}),
-        Provider("fastalign-no-reference-first", {**_ALL, "reference_first": False}),
-        Provider("fastalign-no-offload", {**_ALL, "offload": False}, cuda_only=True),
-        Provider("fastalign-none", {name: False for name in _ALL}),
-    )
-}
-
-
-def pair(length: int, vocab_size: int, seed: int) -> tuple[list[int], list[int], list[int]]:
-    """``P = 3L/4``, ``C = R = L/4`` random token ids (seeded)."""
-    if length < 8 or length % 4:
-        raise ValueError(f"length must be a multiple of 4 and >= 8, got {length}")
-    generator = torch.Generator().manual_seed(seed + length)
-    answer = length // 4
-
-    def draw(count: int) -> list[int]:
-        return torch.randint(0, vocab_size, (count,), generator=generator).tolist()
-
-    return draw(length - answer), draw(answer), draw(answer)
-
-
-def _model(preset: LongContextPreset, device: torch.device):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(preset.seed)
-    config = LlamaConfig(**preset.model, pad_token_id=0)
-    config._attn_implementation = baseline_attention(device)
-    with torch.device(device):
-        return LlamaForCausalLM(config).train()
-
-
-def _warmup_vocab(preset: LongContextPreset) -> int:
-    return min(1000, preset.model["vocab_size"])  # any ids: the warm-up only allocates gradients and AdamW state
-
-
-# -- one step per provider ---------------------------------------------------------------------
-class _FastalignStep:
-    def __init__(self, preset: LongContextPreset, provider: Provider, length: int, device: torch.device,
-                 out_dir: str) -> None:
-        from datasets import Dataset
-
-        from fastalign.train import DPOConfig, DPOTrainer
-
-        features = provider.features
-        prompt, chosen, rejected = pair(length, preset.model["vocab_size"], preset.seed)
-        data = Dataset.from_dict({"prompt_ids": [prompt], "chosen_ids": [chosen], "rejected_ids": [rejected]})
-        config = DPOConfig(
-            output_dir=out_dir, max_steps=1, rows_per_step=1, token_budget=len(prompt) + len(chosen) + len(rejected),
-            learning_rate=1e-6, max_grad_norm=None, device=str(device), dtype=preset.dtype, progress=False,
-            save_every=0, gradient_checkpointing=True, reference="separate", loss_type="sigmoid",
-            mlp_tile_tokens=preset.mlp_tile_tokens if features["tiled_mlp"] else 0,
-            reference_first=features["reference_first"],
-            offload_checkpoints=features["offload"] and device.type == "cuda",
-        )
-        self.trainer = DPOTrainer(_model(preset, device), None, data, config)
-        self.row = self.trainer.rows_for_epoch(0)[0].to(device)
-
-    def warmup(self, preset: LongContextPreset) -> None:
-        from fastalign.packing import pack_preference_examples
-
-        (row,) = pack_preference_examples(*[[part] for part in pair(preset.warmup_length, _warmup_vocab(preset), preset.seed)],
-                                          token_budget=2 * preset.warmup_length)
-        self._step(row.to(self.row.device))
-
-    def run(self) -> None:
-        self._step(self.row)
-
-    def _step(self, row) -> None:
-        self.trainer.accumulate([row])
-        self.trainer.optimizer.step()
-        self.trainer.optimizer.zero_grad(set_to_none=False)  # gradients stay allocated: the model's own
-
-
-class _TRLStep:
-    def __init__(self, preset: LongContextPreset, provider: Provider, length: int, device: torch.device,
-                 out_dir: str) -> None:
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        import trl
-        from datasets import Dataset
-
-        from fastalign.data.tokenizer import byte_tokenizer
-
-        policy = _model(preset, device)
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        offload = device.type == "cuda"
-        args = trl.DPOConfig(output_dir=out_dir, report_to=[], use_cpu=device.type == "cpu",
-                             bf16=preset.dtype == "bfloat16", per_device_train_batch_size=1, save_strategy="no",
-                             disable_tqdm=True, seed=preset.seed, max_length=None, learning_rate=1e-6,
-                             gradient_checkpointing=True,
-                             gradient_checkpointing_kwargs={"use_reentrant": False})
-        placeholder = Dataset.from_dict({"prompt": ["a"], "chosen": [" b"], "rejected": [" c"]})
-        self.trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=placeholder,
-                                      processing_class=byte_tokenizer())
-        # What Trainer.train() would do first: checkpointing (with transformers' offload on CUDA)
-        # and the optimizer; then TRL's own training_step (fused head, reference under no_grad).
-        self.trainer.model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}, offload=offload)
-        self.trainer.create_optimizer()
-        self.trainer.current_gradient_accumulation_steps = 1
-        self.batch = self._batch(*pair(length, preset.model["vocab_size"], preset.seed))
-
-    def _batch(self, prompt, chosen, rejected) -> dict:
-        example = dict(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected)
-        return self.trainer._prepare_inputs(self.trainer.data_collator([example]))
-
-    def warmup(self, preset: LongContextPreset) -> None:
-        self._step(self._batch(*pair(preset.warmup_length, _warmup_vocab(preset), preset.seed)))
-
-    def run(self) -> None:
-        self._step(self.batch)
-
-    def _step(self, batch) -> None:
-        self.trainer.training_step(self.trainer.model, batch)
-        self.trainer.optimizer.step()
-        self.trainer.optimizer.zero_grad(set_to_none=False)
-
-
-def _allocated(device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.memory_allocated(device)
-    from fastalign.bench.pipeline import _rss_bytes
-
-    return _rss_bytes()
-
-
-def run_case(preset: LongContextPreset, provider: Provider, length: int, device: torch.device) -> dict[str, Any]:
-    """One provider at one length in this process: warm-up step, then the measured step."""
-    row: dict[str, Any] = dict(provider=provider.name, length=length, row_tokens=length + length // 4
-                               if provider.features is not None else 2 * length, status="ok", note="",
-                               load_1m_before=load_average())
-    with tempfile.TemporaryDirectory() as out_dir:
-        try:
-            step = (_TRLStep if provider.features is None else _FastalignStep)(preset, provider, length, device,
-                                                                              out_dir)
-            step.warmup(preset)
-            row["model_own_mb"] = _allocated(device) / 2**20
-            with memory_meter(device, "cuda" if device.type == "cuda" else "rss") as meter:
-                start = time.perf_counter()
-                step.run()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                row["seconds"] = time.perf_counter() - start
-            above = meter.peak_bytes - (row["model_own_mb"] * 2**20 if device.type == "cuda" else 0)
-            row["peak_above_mb"] = above / 2**20
-        except Exception as error:  # noqa: BLE001 - an OOM is a result; other failures are recorded
-            row["status"] = "oom" if is_out_of_memory(error) else "error"
-            row["note"] = f"{type(error).__name__}: {str(error)[:300]}"
-    row["load_1m_after"] = load_average()
-    return row
-
-
 # -- the run: every case in its own process -----------------------------------------------------
 def _case_in_subprocess(preset_name: str, provider: str, length: int, device: str, timeout: float) -> dict:
-    command = [sys.executable, "-m", "fastalign.bench.long_context", "--preset", preset_name, "--device", device,
+    command = [sys.executable, str(Path(__file__).resolve()), "--preset", preset_name, "--device", device,
                "--case", provider, str(length)]
     env = {**os.environ, **CASE_ENV}
     try:

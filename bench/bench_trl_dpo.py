@@ -2,19 +2,25 @@
 
 Both trainers get the same random-init Llama (policy + a separate reference copy), the same
 ``DPOConfig`` and the same collated batches of synthetic HH-like pairs (long prompts, short
-answers; ``fastalign.bench.packing.synthetic_preference_data``). The measured unit is TRL's
+answers; ``fastalign.bench.workloads.synthetic_preference_data``). The measured unit is TRL's
 own training step on a batch — ``trainer.training_step(model, batch)``: policy forward +
 reference forward (no grad) + the DPO loss + backward (the optimizer step is the same for
 both and left out). Before timing, the loss of both trainers on the first batch is compared.
 
 Columns per trainer: median/p20/p80 time of a pass over all batches, pairs/s, useful tokens/s
 (useful = Σ P + C + R), peak CUDA memory of a pass (``None`` on CPU), the fraction of steps
-that shared prompts, and the speedup over TRL. Used by ``bench/bench_trl_dpo.py``.
+that shared prompts, and the speedup over TRL.
+
+    python bench/bench_trl_dpo.py --preset cpu-smoke   # tiny model, any machine, seconds
+    python bench/bench_trl_dpo.py --preset gpu-1b      # Llama-3.2-1B shape, bf16: tokens/s and peak memory
+
+Writes bench/results/<device>/trl_dpo_<preset>.{json,csv,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -26,7 +32,14 @@ import torch
 
 from fastalign.bench.environment import environment
 from fastalign.bench.measure import is_out_of_memory, time_callable
-from fastalign.bench.packing import (
+from fastalign.bench.memory import CudaPeak
+from fastalign.bench.report import (
+    headless_pyplot,
+    results_dir,
+    save_figure,
+    write_results,
+)
+from fastalign.bench.workloads import (
     DTYPES,
     HH_LIKE_LENGTHS,
     LLAMA_1B_SHAPE,
@@ -34,7 +47,6 @@ from fastalign.bench.packing import (
     PreferenceData,
     synthetic_preference_data,
 )
-from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 
 TRAINERS = ("trl", "fastalign")
 
@@ -130,15 +142,15 @@ def run_benchmark(preset: TRLPreset, device: torch.device) -> dict:
                         trainer.training_step(trainer.model, batch)
                     trainer.model.zero_grad(set_to_none=True)
 
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                timing = time_callable(one_pass, device, warmup=preset.warmup, repeats=preset.repeats)
+                meter = CudaPeak(device) if device.type == "cuda" else None  # CPU: no peak reported
+                with meter or contextlib.nullcontext():
+                    timing = time_callable(one_pass, device, warmup=preset.warmup, repeats=preset.repeats)
                 shared = trainer._metrics["train"].get("fastalign/shared_prompts", [])
                 row.update(
                     median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms,
                     pairs_per_s=preset.examples / timing.median_ms * 1e3,
                     useful_tokens_per_s=useful / timing.median_ms * 1e3,
-                    peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None),
+                    peak_memory_gib=meter.peak_bytes / 2**30 if meter is not None else None,
                     shared_prompt_fraction=(sum(shared) / len(shared)) if shared else 0.0,
                 )
             except Exception as error:  # an OOM is a result, anything else a failure

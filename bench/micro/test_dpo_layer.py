@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fastalign.bench.micro import record_benchmark
-from fastalign.bench.dpo_layer import PROVIDERS, make_batch
+from fastalign.bench.providers import DPO_PROVIDERS as PROVIDERS
+from fastalign.bench.providers import make_dpo_batch
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
@@ -19,7 +20,7 @@ def test_dpo_layer(benchmark, device, provider):
         pytest.skip("Liger's chunked DPO loss is a GPU comparison")
     step_fn = build(device)
     pairs, seq, h, v, dtype = (4, 1024, 4096, 128256, torch.bfloat16) if device.type == "cuda" else (2, 128, 128, 8192, torch.float32)
-    weight, hidden, target, ref_hidden, ref_weight = make_batch(pairs, seq, h, v, dtype, device)
+    weight, hidden, target, ref_hidden, ref_weight = make_dpo_batch(pairs, seq, h, v, dtype, device)
     weight.requires_grad_()
     hidden.requires_grad_()
 

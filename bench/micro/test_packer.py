@@ -6,7 +6,7 @@ import pytest
 
 from fastalign.bench.micro import record_benchmark
 from fastalign._extension import native_extension
-from fastalign.bench.packing import LengthDistribution, synthetic_preference_data
+from fastalign.bench.workloads import LengthDistribution, synthetic_preference_data
 from fastalign.packing import pack_preference_examples
 
 

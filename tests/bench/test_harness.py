@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from bench.bench_linear_logprobs import run_benchmark
 from fastalign.bench.environment import environment
-from fastalign.bench.linear_logprobs import rows_as_dicts, run_benchmark
+from fastalign.bench.memory import memory_meter, peak_memory_bytes
 from fastalign.bench.report import plot_results, write_results
+from fastalign.bench.runner import rows_as_dicts
+from fastalign.testing.memory import AllocationRecorder
 
 
 def test_cpu_benchmark_writes_complete_results(tmp_path):
@@ -50,7 +54,7 @@ def test_failed_oracle_check_is_recorded_not_timed(monkeypatch):
 
 
 def test_dpo_layer_benchmark_checks_and_measures():
-    from fastalign.bench.dpo_layer import run_benchmark as run_dpo
+    from bench.bench_dpo_layer import run_benchmark as run_dpo
 
     rows = run_dpo(["naive", "liger", "fastalign"], [(2, 32, 16, 300)], dtype=torch.float32,
                    device=torch.device("cpu"), repeats=2)
@@ -58,3 +62,18 @@ def test_dpo_layer_benchmark_checks_and_measures():
     for r in rows:
         assert r.status == "ok", r.note
         assert r.n == 2 * 2 * 32 and r.median_ms > 0 and r.peak_mem_mb > 0
+
+
+def test_one_memory_meter_for_every_method():
+    cpu = torch.device("cpu")
+    # Tensors: the allocation recorder itself, so tests and benchmarks count the same bytes.
+    with memory_meter(cpu, "tensors") as meter:
+        kept = torch.empty(1 << 20, dtype=torch.uint8)
+    assert isinstance(meter, AllocationRecorder) and meter.peak_bytes == kept.numel()
+    assert peak_memory_bytes(lambda: torch.empty(1 << 16, dtype=torch.uint8), cpu) == 1 << 16
+    # RSS: a sampled delta above entry, never negative.
+    with memory_meter(cpu, "rss") as meter:
+        touched = torch.ones(8 << 20, dtype=torch.uint8)
+    assert meter.peak_bytes >= 0 and touched.sum() > 0
+    with pytest.raises(ValueError, match="memory method"):
+        memory_meter(cpu, "heap")

@@ -10,19 +10,17 @@ import torch
 
 pytest.importorskip("trl")
 
-from fastalign.bench.environment import environment  # noqa: E402
-from fastalign.bench.long_context import (  # noqa: E402
+from bench.bench_long_context import (  # noqa: E402
     PRESETS,
-    PROVIDERS,
     _case_in_subprocess,
     fit_line,
     markdown,
-    pair,
     plot,
     resummarize,
-    run_case,
     summarize,
 )
+from bench.long_context_steps import PROVIDERS, pair, run_case  # noqa: E402
+from fastalign.bench.environment import environment  # noqa: E402
 
 
 def test_one_case_of_each_trainer_runs():

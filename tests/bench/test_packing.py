@@ -4,22 +4,13 @@ reported by the benchmark, never asserted here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-from fastalign.bench.packing import PRESETS, synthetic_preference_data
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_packing.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_packing", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench import bench_packing
+from bench.bench_packing import PRESETS
+from fastalign.bench.workloads import synthetic_preference_data
 
 
 def test_synthetic_lengths_are_hh_like_and_seeded():
@@ -37,7 +28,7 @@ def test_synthetic_lengths_are_hh_like_and_seeded():
 def test_cpu_smoke_writes_checked_positive_results(tmp_path):
     threads = torch.get_num_threads()
     try:  # one thread: steady on a shared machine; restored for the tests after this one
-        code = _script().main(["--preset", "cpu-smoke", "--device", "cpu", "--examples", "6", "--repeats", "1",
+        code = bench_packing.main(["--preset", "cpu-smoke", "--device", "cpu", "--examples", "6", "--repeats", "1",
                                "--warmup", "0", "--threads", "1", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
