@@ -5,7 +5,9 @@ statuses only: the work happens in ``fastalign.train.recipes`` and ``fastalign.t
     fastalign train sft|rm|dpo|ppo|grpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
                     [--output-dir DIR] [--max-steps N] [--seed S] [--resume | --overwrite] [key=value ...]
     fastalign eval --model PATH [--baseline PATH] [--reference PATH] --data synthetic|PATH
-    fastalign bench pipeline [--preset cpu-tiny|gpu-1b] [--out bench/results] [...]
+
+Benchmarks are scripts in the repository, not commands: ``python bench/bench_pipeline.py ...``
+(see bench/README.md); the installed package holds only their harness, ``fastalign.bench``.
 
 ``fastalign train KIND --help`` lists every option of that kind (from its config dataclass).
 Nothing heavy is imported at module level: torch, transformers and the trainers load only when
@@ -173,13 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0,
                           help="seed of the synthetic task's split (the demo's --seed; default: %(default)s)")
     _add_loading(evaluate)
-
-    bench = commands.add_parser("bench", help="benchmarks (pipeline: SFT→RM→PPO vs SFT→DPO vs SFT→GRPO)",
-                                description="Benchmarks. `fastalign bench pipeline --help` lists its options.")
-    bench.add_argument("name", choices=["pipeline"], help="pipeline: time, memory, tokens and quality of the three "
-                                                          "recipes on one preset")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...",
-                       help="options of the benchmark (`fastalign bench pipeline --help`)")
     return parser
 
 
@@ -194,10 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
-    if args.command == "bench":
-        from fastalign.bench.pipeline import main as bench_pipeline
-
-        return bench_pipeline(args.bench_args)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

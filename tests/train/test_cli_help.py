@@ -70,7 +70,7 @@ def test_every_argument_of_every_command_is_described():
                 continue
             assert action.help and action.help != argparse.SUPPRESS and len(action.help) > 10, (prog, action.dest)
             seen.add(prog)
-    assert {"fastalign demo", "fastalign eval", "fastalign bench", "fastalign train dpo"} <= seen
+    assert {"fastalign demo", "fastalign eval", "fastalign train dpo"} <= seen
 
 
 def test_demo_and_eval_help_show_their_defaults(capsys):
