@@ -27,8 +27,10 @@ from fastalign.train.sft import SFTTrainer
 
 
 def _row(name: str, accuracy: dict, judged: dict) -> dict:
+    # wins / ties / losses too: a win rate near 0.5 can be all ties or wins and losses that cancel.
     return {"model": name, "preference_accuracy": accuracy["logp_accuracy"],
-            "exact_match": judged["accuracy"], "win_rate_vs_sft": judged["win_rate"]}
+            "exact_match": judged["accuracy"], "win_rate_vs_sft": judged["win_rate"],
+            "wins": judged["wins"], "ties": judged["ties"], "losses": judged["losses"]}
 
 
 def run_demo(settings: DemoSettings) -> dict:
@@ -46,16 +48,15 @@ def run_demo(settings: DemoSettings) -> dict:
 
     initial = snapshot(model)
     sft = SFTTrainer(model, tokenizer, sft_data["train"], SFTConfig(
-        output_dir=str(out / "sft"), max_steps=settings.sft_steps, learning_rate=3e-3, warmup_steps=20,
-        save_every=0, **common), eval_data=sft_data["test"])
+        output_dir=str(out / "sft"), max_steps=settings.sft_steps, learning_rate=settings.sft_learning_rate,
+        warmup_steps=20, save_every=0, **common), eval_data=sft_data["test"])
     sft.train(overwrite=True)  # the demo replaces its previous outputs
     sft.save_model()
     baseline = snapshot(sft.policy.model)
 
     dpo = DPOTrainer(sft.policy.model, tokenizer, pairs["train"], DPOConfig(
-        output_dir=str(out / "dpo"), max_steps=settings.dpo_steps, learning_rate=settings.dpo_learning_rate, warmup_steps=5, beta=0.1,
-        rpo_alpha=settings.rpo_alpha,
-        reference="separate", **common), eval_data=pairs["test"])
+        output_dir=str(out / "dpo"), max_steps=settings.dpo_steps, learning_rate=settings.dpo_learning_rate,
+        warmup_steps=5, beta=settings.dpo_beta, rpo_alpha=settings.rpo_alpha, reference="separate", **common), eval_data=pairs["test"])
     rows = dpo.eval_rows
     table = []
     for name, network in (("initial (random)", initial), ("SFT", baseline)):
