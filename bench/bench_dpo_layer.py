@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fastalign.bench.cli import add_device_options, device_from_args
 from fastalign.bench.environment import environment
 from fastalign.bench.providers import DPO_PROVIDERS as PROVIDERS
-from fastalign.bench.providers import DPOStep, make_dpo_batch, naive_dpo
+from fastalign.bench.providers import DPOStep, dpo_training_step, make_dpo_batch, naive_dpo
 from fastalign.bench.report import plot_results, results_dir, write_results
 from fastalign.bench.runner import Row, dtype_name, gemm_ms, measure_case, rows_as_dicts
 from fastalign.bench.workloads import DTYPES
@@ -75,15 +76,7 @@ def run_benchmark(providers: Iterable[str], shapes: Iterable[tuple[int, int, int
     cases = [(name, shape) for shape in shapes for name in usable]
     for name, (pairs, seq, h, v) in tqdm(cases, desc="dpo_layer", disable=len(cases) < 2):
         def build_step(pairs=pairs, seq=seq, h=h, v=v, step=usable[name]):
-            w, hid, t, rh, rw = make_dpo_batch(pairs, seq, h, v, dtype, device)
-            w.requires_grad_()
-            hid.requires_grad_()
-
-            def run():
-                w.grad = hid.grad = None
-                step(w, hid, t, rh, rw).backward()
-
-            return run
+            return dpo_training_step(step, pairs, seq, h, v, dtype, device)
 
         tokens = 2 * pairs * seq
         row = Row(name, "policy_fwd_bwd+ref_fwd", tokens, h, v, dtype_name(dtype), "ok")
@@ -97,12 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke")
     parser.add_argument("--providers", nargs="+", choices=sorted(PROVIDERS), default=sorted(PROVIDERS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_options(parser)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
-    preset, device = PRESETS[args.preset], torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but CUDA is not available")
+    preset, device = PRESETS[args.preset], device_from_args(parser, args)
     rows = rows_as_dicts(run_benchmark(args.providers, preset["shapes"], dtype=DTYPES[preset["dtype"]],
                                        device=device, repeats=preset["repeats"]))
     env = environment(device)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fastalign.bench.cli import add_device_options, device_from_args
 from fastalign.bench.environment import environment, load_average
 from fastalign.bench.providers import PROVIDERS, Provider
 from fastalign.bench.report import plot_results, results_dir, write_results
@@ -207,19 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="override the preset's dtype")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--repeats", type=int, help="timed repeats per case")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_device_options(parser)
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="results root folder")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but CUDA is not available")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    device = device_from_args(parser, args)
     repeats = args.repeats or preset["repeats"]
     if repeats < 1:
         parser.error("--repeats must be >= 1")

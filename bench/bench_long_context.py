@@ -55,20 +55,10 @@ from typing import Any
 
 import torch
 
-# Run as `python bench/bench_long_context.py`, sys.path[0] is bench/: the repository root goes first
-# so that the helper imports as `bench.long_context_steps`, the name the tests use too.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from bench.long_context_steps import PROVIDERS, LongContextPreset, run_case
+from long_context_steps import PROVIDERS, LongContextPreset, run_case
+from fastalign.bench.cli import device_from_args
 from fastalign.bench.environment import environment
-from fastalign.bench.report import (
-    headless_pyplot,
-    results_dir,
-    save_figure,
-    write_results,
-)
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 from fastalign.bench.workloads import LLAMA_1B_SHAPE
 
 RESULT_MARK = "LONG_CONTEXT_RESULT "
@@ -235,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     if args.lengths:
         preset = dataclasses.replace(preset, lengths=tuple(args.lengths))
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but CUDA is not available")
+    device = device_from_args(parser, args)  # no --threads: each case sets its own (CASE_ENV)
     if args.case:  # one case, in this (fresh) process: print its row
         provider, length = PROVIDERS[args.case[0]], int(args.case[1])
         print(RESULT_MARK + json.dumps(run_case(preset, provider, length, device)), flush=True)

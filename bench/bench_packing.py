@@ -33,13 +33,7 @@ from pathlib import Path
 
 import torch
 
-# Run as `python bench/bench_packing.py`, sys.path[0] is bench/: the repository root goes first so
-# that the helper imports as `bench.packing_methods`, the name the tests use too.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from bench.packing_methods import (
+from packing_methods import (
     CheckResult,
     PackingPreset,
     build_model,
@@ -49,15 +43,11 @@ from bench.packing_methods import (
     pad_concatenated,
     padded_logprobs,
 )
+from fastalign.bench.cli import add_device_options, device_from_args
 from fastalign.bench.environment import environment
 from fastalign.bench.measure import is_out_of_memory, time_callable
 from fastalign.bench.memory import CudaPeak
-from fastalign.bench.report import (
-    headless_pyplot,
-    results_dir,
-    save_figure,
-    write_results,
-)
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 from fastalign.bench.runner import dtype_name
 from fastalign.bench.workloads import (
     DTYPES,
@@ -273,18 +263,13 @@ def plot_bars(rows: list[dict], environment: dict, path: Path, *, title: str) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-smoke")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_options(parser)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--examples", type=int, help="override the preset's number of examples")
     parser.add_argument("--repeats", type=int, help="override the preset's timed passes")
     parser.add_argument("--warmup", type=int, help="override the preset's untimed passes")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but CUDA is not available")
+    device = device_from_args(parser, args)
     overrides = {key: getattr(args, key) for key in ("examples", "repeats", "warmup") if getattr(args, key) is not None}
     preset = dataclasses.replace(PRESETS[args.preset], **overrides)
 

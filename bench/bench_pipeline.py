@@ -39,13 +39,7 @@ from typing import Any
 
 import torch
 
-# Run as `python bench/bench_pipeline.py`, sys.path[0] is bench/: the repository root goes first so
-# that the helper imports as `bench.pipeline_stages`, the name the tests use too.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from bench.pipeline_stages import (
+from pipeline_stages import (
     PipelinePreset,
     StageContext,
     StageResult,
@@ -56,13 +50,9 @@ from bench.pipeline_stages import (
     run_rm,
     run_sft,
 )
+from fastalign.bench.cli import add_device_options, device_from_args
 from fastalign.bench.environment import environment, load_average
-from fastalign.bench.report import (
-    headless_pyplot,
-    results_dir,
-    save_figure,
-    write_results,
-)
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 
 PIPELINES = {"SFT→RM→PPO": ("sft", "rm", "ppo"), "SFT→DPO": ("sft", "dpo"), "SFT→GRPO": ("sft", "grpo")}
 
@@ -232,20 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SFT→RM→PPO vs SFT→DPO vs SFT→GRPO: time, memory, tokens, "
                                                  "quality.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_options(parser)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--cpu-memory", choices=("rss", "tensors"), default="rss",
                         help="CPU peak memory: sampled RSS delta (default) or live tensor bytes (slows the run)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     for field in ("num_train", "num_test", "sft_steps", "rm_steps", "dpo_steps", "ppo_steps", "grpo_steps",
                   "prompts_per_step", "num_generations", "max_new_tokens", "token_budget"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, dest=field, help="override the preset")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but CUDA is not available")
+    device = device_from_args(parser, args)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelinePreset)
                  if getattr(args, f.name, None) is not None}
     preset = dataclasses.replace(PRESETS[args.preset], **overrides)

@@ -25,12 +25,7 @@ from pathlib import Path
 import torch
 
 from fastalign.bench.environment import environment
-from fastalign.bench.report import (
-    headless_pyplot,
-    results_dir,
-    save_figure,
-    write_results,
-)
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 
 
 @dataclass(frozen=True)

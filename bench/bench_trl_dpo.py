@@ -33,12 +33,7 @@ import torch
 from fastalign.bench.environment import environment
 from fastalign.bench.measure import is_out_of_memory, time_callable
 from fastalign.bench.memory import CudaPeak
-from fastalign.bench.report import (
-    headless_pyplot,
-    results_dir,
-    save_figure,
-    write_results,
-)
+from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
 from fastalign.bench.workloads import (
     DTYPES,
     HH_LIKE_LENGTHS,

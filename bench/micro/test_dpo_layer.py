@@ -7,7 +7,7 @@ import torch
 
 from fastalign.bench.micro import record_benchmark
 from fastalign.bench.providers import DPO_PROVIDERS as PROVIDERS
-from fastalign.bench.providers import make_dpo_batch
+from fastalign.bench.providers import dpo_training_step
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
@@ -20,13 +20,6 @@ def test_dpo_layer(benchmark, device, provider):
         pytest.skip("Liger's chunked DPO loss is a GPU comparison")
     step_fn = build(device)
     pairs, seq, h, v, dtype = (4, 1024, 4096, 128256, torch.bfloat16) if device.type == "cuda" else (2, 128, 128, 8192, torch.float32)
-    weight, hidden, target, ref_hidden, ref_weight = make_dpo_batch(pairs, seq, h, v, dtype, device)
-    weight.requires_grad_()
-    hidden.requires_grad_()
-
-    def step():
-        weight.grad = hidden.grad = None
-        step_fn(weight, hidden, target, ref_hidden, ref_weight).backward()
-
+    step = dpo_training_step(step_fn, pairs, seq, h, v, dtype, device)
     record_benchmark(benchmark, step, device, tokens=2 * pairs * seq, pairs=pairs, seq=seq, h=h, v=v,
            dtype=str(dtype).removeprefix("torch."))

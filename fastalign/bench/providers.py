@@ -152,3 +152,17 @@ def make_dpo_batch(pairs: int, seq: int, h: int, v: int, dtype, device, *, promp
     target[:, : int(prompt_fraction * seq)] = -100
     ref_hidden = (hidden.float() + 0.05 * torch.randn(hidden.shape, generator=gen).to(device)).to(dtype)
     return weight, hidden, target.to(device), ref_hidden, weight.detach().clone()
+
+
+def dpo_training_step(step: Callable, pairs: int, seq: int, h: int, v: int, dtype, device) -> Callable[[], None]:
+    """One timed unit of the DPO-layer benchmarks: ``step`` (a provider's loss) on a fresh
+    ``make_dpo_batch`` whose policy weight and hidden states need grad, then its backward."""
+    weight, hidden, target, ref_hidden, ref_weight = make_dpo_batch(pairs, seq, h, v, dtype, device)
+    weight.requires_grad_()
+    hidden.requires_grad_()
+
+    def run() -> None:
+        weight.grad = hidden.grad = None
+        step(weight, hidden, target, ref_hidden, ref_weight).backward()
+
+    return run

@@ -16,12 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from fastalign.losses._checks import normalizer
-from fastalign.losses.fused_base import (
-    FusedLayerBase,
-    check_layer_inputs,
-    mean_logits,
-    token_mean_nll,
-)
+from fastalign.losses.fused_base import FusedLayerBase, check_layer_inputs, mean_logits, token_mean_nll
 from fastalign.losses.preference import LOSS_TYPES, dpo_loss
 from fastalign.losses.reference_free import cpo_loss, orpo_loss, simpo_loss
 

@@ -4,19 +4,8 @@ memory options of long rows (tiled MLP, offloaded checkpoints, sequence parallel
 from fastalign.models.checkpointing import enable_activation_checkpointing
 from fastalign.models.head import FusedHead, fused_head_of
 from fastalign.models.offload import CheckpointOffload
-from fastalign.models.policy import (
-    PackedLogprobs,
-    PolicyModel,
-    TokenLogprobs,
-    packed_logprobs,
-    reduce_packed,
-)
-from fastalign.models.reference import (
-    AdapterReference,
-    PrecomputedReference,
-    Reference,
-    SeparateReference,
-)
+from fastalign.models.policy import PackedLogprobs, PolicyModel, TokenLogprobs, packed_logprobs, reduce_packed
+from fastalign.models.reference import AdapterReference, PrecomputedReference, Reference, SeparateReference
 from fastalign.models.reward import RewardModel, RewardScores, reward_model_from_causal_lm
 from fastalign.models.tiled_mlp import set_mlp_tiling
 

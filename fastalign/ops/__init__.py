@@ -2,12 +2,7 @@
 
 from fastalign.ops.head import FusedHead
 from fastalign.ops.linear_cross_entropy import linear_cross_entropy
-from fastalign.ops.linear_logprobs import (
-    LinearLogprobStats,
-    LogprobsAndEntropy,
-    linear_logprob_stats,
-    linear_logprobs,
-)
+from fastalign.ops.linear_logprobs import LinearLogprobStats, LogprobsAndEntropy, linear_logprob_stats, linear_logprobs
 
 __all__ = [
     "FusedHead",

@@ -23,12 +23,7 @@ from torch import Tensor
 
 from fastalign.ops.calls import LogitsCall
 from fastalign.ops.chunked_torch import torch_log_sum_sq_probs
-from fastalign.ops.linear_logprobs import (
-    LinearLogprobStats,
-    LogprobsAndEntropy,
-    linear_logprob_stats,
-    linear_logprobs,
-)
+from fastalign.ops.linear_logprobs import LinearLogprobStats, LogprobsAndEntropy, linear_logprob_stats, linear_logprobs
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors field by field is ambiguous

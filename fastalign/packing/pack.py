@@ -16,13 +16,7 @@ import torch
 from fastalign._extension import native_extension
 from fastalign.packing._checks import INT64_RANGE, above_int64, check_bool, check_int
 from fastalign.packing.batch import PackedBatch, cumulative_lengths
-from fastalign.packing.layout_python import (
-    DROPPED,
-    MODES,
-    OVERFLOW,
-    TRUNCATED,
-    pack_layout_python,
-)
+from fastalign.packing.layout_python import DROPPED, MODES, OVERFLOW, TRUNCATED, pack_layout_python
 
 logger = logging.getLogger("fastalign")
 BACKENDS = ("auto", "cpp", "python")

@@ -29,11 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastalign.bench.memory import (
-    cuda_peak_bytes,
-    process_peak_rss_bytes,
-    reset_cuda_peak,
-)
+from fastalign.bench.memory import cuda_peak_bytes, process_peak_rss_bytes, reset_cuda_peak
 from fastalign.models import PolicyModel, enable_activation_checkpointing
 from fastalign.models.backbone import PackedModel
 from fastalign.packing import PackedBatch

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from bench.bench_linear_logprobs import run_benchmark
+from bench_linear_logprobs import run_benchmark
 from fastalign.bench.environment import environment
 from fastalign.bench.memory import memory_meter, peak_memory_bytes
 from fastalign.bench.report import plot_results, write_results
@@ -54,7 +54,7 @@ def test_failed_oracle_check_is_recorded_not_timed(monkeypatch):
 
 
 def test_dpo_layer_benchmark_checks_and_measures():
-    from bench.bench_dpo_layer import run_benchmark as run_dpo
+    from bench_dpo_layer import run_benchmark as run_dpo
 
     rows = run_dpo(["naive", "liger", "fastalign"], [(2, 32, 16, 300)], dtype=torch.float32,
                    device=torch.device("cpu"), repeats=2)

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("trl")
 
-from bench.bench_long_context import (  # noqa: E402
+from bench_long_context import (  # noqa: E402
     PRESETS,
     _case_in_subprocess,
     fit_line,
@@ -19,7 +19,7 @@ from bench.bench_long_context import (  # noqa: E402
     resummarize,
     summarize,
 )
-from bench.long_context_steps import PROVIDERS, pair, run_case  # noqa: E402
+from long_context_steps import PROVIDERS, pair, run_case  # noqa: E402
 from fastalign.bench.environment import environment  # noqa: E402
 
 

@@ -8,8 +8,8 @@ import json
 
 import torch
 
-from bench import bench_packing
-from bench.bench_packing import PRESETS
+import bench_packing
+from bench_packing import PRESETS
 from fastalign.bench.workloads import synthetic_preference_data
 
 

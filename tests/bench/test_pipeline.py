@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench_pipeline
-from bench.bench_pipeline import PIPELINES, PRESETS
+import bench_pipeline
+from bench_pipeline import PIPELINES, PRESETS
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "bench_pipeline.py"
 TINY = ["--num-train", "64", "--num-test", "8", "--sft-steps", "2", "--rm-steps", "2", "--dpo-steps", "2",

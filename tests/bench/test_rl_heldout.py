@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.bench_rl_heldout import main
+from bench_rl_heldout import main
 
 
 def test_smoke_preset_writes_results(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from bench.bench_trl_dpo import main  # noqa: E402
+from bench_trl_dpo import main  # noqa: E402
 
 
 def test_cpu_smoke_writes_results(tmp_path, capsys):

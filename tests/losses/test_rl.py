@@ -7,19 +7,8 @@ import math
 import pytest
 import torch
 
-from fastalign.losses import (
-    aggregate,
-    entropy_bonus,
-    gae,
-    grpo_advantages,
-    grpo_loss,
-    kl_estimate,
-    ppo_policy_loss,
-    segment_ids_from_cu_seqlens,
-    sequence_logps,
-    value_loss,
-    whiten,
-)
+from fastalign.losses import (aggregate, entropy_bonus, gae, grpo_advantages, grpo_loss, kl_estimate, ppo_policy_loss,
+                              segment_ids_from_cu_seqlens, sequence_logps, value_loss, whiten)
 
 
 def _batch(seed=0, b=4, t=6):

@@ -12,7 +12,7 @@ import torch
 
 from fastalign.models import PolicyModel, packed_logprobs
 from fastalign.packing import PackedBatch, pack_completion_examples, pack_preference_examples
-from tests.models.tiny_models import FAMILIES, example_lists, reference_answer_logp, tiny_model
+from tests.models.tiny_models import FAMILIES, example_lists, per_example, reference_answer_logp, tiny_model
 
 ATOL = 1e-4
 GRAD_RTOL = 1e-4
@@ -25,12 +25,7 @@ def _reference(model, prompts, chosen, rejected):
 
 
 def _packed(model, rows, attention, num_examples):
-    chosen, rejected = torch.zeros(num_examples), torch.zeros(num_examples)
-    for row in rows:
-        out = packed_logprobs(model, row, attention=attention)
-        chosen = chosen.index_put((out.example_index,), out.chosen)
-        rejected = rejected.index_put((out.example_index,), out.rejected)
-    return chosen, rejected
+    return per_example(rows, lambda row: packed_logprobs(model, row, attention=attention), num_examples)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -13,13 +13,7 @@ import torch
 from fastalign.models import PolicyModel
 from fastalign.models.tiled_mlp import mlp_tile_tokens, set_mlp_tiling
 from fastalign.testing import AllocationRecorder, relative_error
-from tests.models.memory_helpers import (
-    GRAD_RTOL,
-    assert_same_loss_and_grads,
-    loss_and_grads,
-    objective,
-    packed_row,
-)
+from tests.models.memory_helpers import GRAD_RTOL, assert_same_loss_and_grads, loss_and_grads, objective, packed_row
 from tests.models.tiny_models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -67,3 +67,14 @@ EXAMPLES = (
 def example_lists():
     prompts, chosen, rejected = (list(map(list, part)) for part in zip(*EXAMPLES))
     return prompts, chosen, rejected
+
+
+def per_example(rows, score, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(chosen [count], rejected [count])`` gathered over packed ``rows`` from ``score(row)``,
+    which returns a per-row result with ``chosen`` / ``rejected`` in the row's example order."""
+    chosen, rejected = torch.zeros(count), torch.zeros(count)
+    for row in rows:
+        out = score(row)
+        chosen = chosen.index_put((row.example_index,), out.chosen)
+        rejected = rejected.index_put((row.example_index,), out.rejected)
+    return chosen, rejected

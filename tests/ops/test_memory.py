@@ -47,13 +47,18 @@ def test_cross_entropy_memory_independent_of_tokens():
     assert largest(2 * per_chunk) == largest(4 * per_chunk) <= per_chunk * VOCAB
 
 
+def _leaf_inputs(n: int, h: int, vocab: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded ``hidden [n, h]`` and ``weight [vocab, h]`` (leaves that need grad) and ``targets [n]``."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=gen).to(device).requires_grad_()
+    weight = torch.randn(vocab, h, generator=gen).to(device).requires_grad_()
+    return hidden, weight, torch.randint(0, vocab, (n,), generator=gen).to(device)
+
+
 def test_triton_fused_backward_allocates_nothing_vocab_sized_per_token(kernel_device):
     """Minimum-memory Triton path: allocations are O(N) and the weight-shaped dW accumulator."""
     n, h, vocab = 40, 16, 4096
-    gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(n, h, generator=gen).to(kernel_device).requires_grad_()
-    weight = torch.randn(vocab, h, generator=gen).to(kernel_device).requires_grad_()
-    targets = torch.randint(0, vocab, (n,), generator=gen).to(kernel_device)
+    hidden, weight, targets = _leaf_inputs(n, h, vocab, kernel_device)
     with AllocationRecorder(record_shapes=True) as recorder:
         linear_logprobs(hidden, weight, targets, impl="triton", backward="fused").sum().backward()
     assert recorder.largest_numel <= vocab * h
@@ -63,10 +68,7 @@ def test_triton_fused_backward_allocates_nothing_vocab_sized_per_token(kernel_de
 def test_triton_chunked_backward_stays_within_its_budget(kernel_device):
     """Default Triton path: the logits gradient exists one budget-sized chunk at a time."""
     n, h, vocab = 300, 16, 4096
-    gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(n, h, generator=gen).to(kernel_device).requires_grad_()
-    weight = torch.randn(vocab, h, generator=gen).to(kernel_device).requires_grad_()
-    targets = torch.randint(0, vocab, (n,), generator=gen).to(kernel_device)
+    hidden, weight, targets = _leaf_inputs(n, h, vocab, kernel_device)
     budget = 128 * vocab * 4  # one 128-row fp32 chunk
     with AllocationRecorder(record_shapes=True) as recorder:
         linear_logprobs(hidden, weight, targets, impl="triton", backward="chunked",

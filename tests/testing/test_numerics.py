@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastalign.testing import (
-    assert_close_to_oracle,
-    error_floor,
-    max_abs_error,
-    relative_error,
-)
+from fastalign.testing import assert_close_to_oracle, error_floor, max_abs_error, relative_error
 
 
 def test_error_floors():

@@ -22,7 +22,7 @@ from fastalign.models import RewardModel, reward_model_from_causal_lm
 from fastalign.packing import PackedBatch, pack_completion_examples, pack_preference_examples
 from fastalign.train import DPOConfig, RewardConfig, RewardTrainer
 from fastalign.train.recipes import load_model
-from tests.models.tiny_models import FAMILIES, VOCAB, example_lists, tiny_model
+from tests.models.tiny_models import FAMILIES, VOCAB, example_lists, per_example, tiny_model
 
 ATOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -44,12 +44,7 @@ def _hf_scores(model, prompts, answers) -> torch.Tensor:
 
 
 def _packed_scores(reward: RewardModel, rows, count: int):
-    chosen, rejected = torch.zeros(count), torch.zeros(count)
-    for row in rows:
-        out = reward.sequence_scores(row)
-        chosen = chosen.index_put((row.example_index,), out.chosen)
-        rejected = rejected.index_put((row.example_index,), out.rejected)
-    return chosen, rejected
+    return per_example(rows, reward.sequence_scores, count)
 
 
 # -- the model module -------------------------------------------------------------------------

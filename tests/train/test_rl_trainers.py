@@ -134,22 +134,28 @@ def _greedy_reward(trainer) -> float:
     return trainer.evaluate()["reward"]
 
 
+def _train_on_fixed_prompts(trainer_class, config, sft_run) -> tuple[float, list[dict], float]:
+    """Greedy verifier reward of a copy of the SFT model on 16 fixed prompts, the training
+    history on those prompts, and the greedy reward after."""
+    from fastalign.train.recipes import snapshot
+
+    prompts = make_preference_task(16, 0, seed=5)["train"]
+    policy = snapshot(sft_run["model"]).requires_grad_(True).train()
+    trainer = trainer_class(policy, sft_run["tokenizer"], prompts, config, reward_fn=verifier_reward(verify_score),
+                            eval_data=prompts)
+    before = _greedy_reward(trainer)
+    history = trainer.train()
+    return before, history, _greedy_reward(trainer)
+
+
 def test_grpo_raises_the_verifier_reward_over_the_sft_model(sft_run, tmp_path):
     """On a fixed set of 16 prompts (train = eval: RL optimizes the reward it is given),
     25 GRPO steps raise the graded verifier's reward of greedy answers by a real margin, with
     the KL to the SFT reference reported and bounded."""
-    from fastalign.train.recipes import snapshot
-
-    prompts = make_preference_task(16, 0, seed=5)["train"]
     config = GRPOConfig(output_dir=str(tmp_path), max_steps=25, learning_rate=2e-4, num_generations=8,
                         prompts_per_step=8, max_new_tokens=10, beta=0.04, token_budget=4096, lr_schedule="constant",
                         seed=0, progress=False)
-    policy = snapshot(sft_run["model"]).requires_grad_(True).train()
-    trainer = GRPOTrainer(policy, sft_run["tokenizer"], prompts, config, reward_fn=verifier_reward(verify_score),
-                          eval_data=prompts)
-    before = _greedy_reward(trainer)
-    history = trainer.train()
-    after = _greedy_reward(trainer)
+    before, history, after = _train_on_fixed_prompts(GRPOTrainer, config, sft_run)
     print(f"GRPO greedy reward {before:.3f} -> {after:.3f}; KL {history[-1]['kl']:.3f}")
     assert after >= before + 0.08, (before, after)
     assert all(0.0 <= entry["kl"] < 1.0 for entry in history)
@@ -157,18 +163,10 @@ def test_grpo_raises_the_verifier_reward_over_the_sft_model(sft_run, tmp_path):
 
 def test_ppo_raises_the_verifier_reward_over_the_sft_model(sft_run, tmp_path):
     """The same fixed-prompt check for PPO (fresh value head, 4 PPO epochs per rollout)."""
-    from fastalign.train.recipes import snapshot
-
-    prompts = make_preference_task(16, 0, seed=5)["train"]
     config = PPOConfig(output_dir=str(tmp_path), max_steps=32, learning_rate=2e-4, prompts_per_step=64, ppo_epochs=4,
                        max_new_tokens=10, kl_coef=0.02, token_budget=4096, lr_schedule="constant", seed=0,
                        progress=False)
-    policy = snapshot(sft_run["model"]).requires_grad_(True).train()
-    trainer = PPOTrainer(policy, sft_run["tokenizer"], prompts, config, reward_fn=verifier_reward(verify_score),
-                         eval_data=prompts)
-    before = _greedy_reward(trainer)
-    history = trainer.train()
-    after = _greedy_reward(trainer)
+    before, history, after = _train_on_fixed_prompts(PPOTrainer, config, sft_run)
     print(f"PPO greedy reward {before:.3f} -> {after:.3f}; KL {history[-1]['kl_to_reference']:.3f}")
     assert after >= before + 0.04, (before, after)
     assert all(abs(entry["kl_to_reference"]) < 1.0 for entry in history)
