@@ -38,6 +38,17 @@ def _threads(text: str) -> int:
     return value
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), ``None`` elsewhere: the demo's numbers
+    moved between two CPUs once, so the results name the CPU they were measured on."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    return names[0] if names else None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2], help="demo seeds (default: 0 1 2)")
@@ -101,8 +112,9 @@ def markdown(result: dict) -> str:
     for run in result["runs"]:
         lines.append(f"| {run['seed']} | {run['wall_s']:.0f} | {run['cpu_s']:.0f} | "
                      f"{run['load_average_before']:.2f} → {run['load_average_after']:.2f} |")
-    lines += ["", (f"Environment: {env['device']}, {env['cpu_count']} CPUs, {env['torch_threads']} torch threads, "
-                   f"torch {env['packages']['torch']}, git {str(env['git_commit'])[:10]}, {env['date_utc']}.")]
+    lines += ["", (f"Environment: {env['device']} ({env.get('cpu_model')}), {env['cpu_count']} CPUs, "
+                   f"{env['torch_threads']} torch threads, torch {env['packages']['torch']}, "
+                   f"git {str(env['git_commit'])[:10]}, {env['date_utc']}.")]
     return "\n".join(lines) + "\n"
 
 
@@ -112,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from fastalign.app.demo import run_demo
+    from fastalign.app.demo_settings import DemoSettings
     from fastalign.bench.environment import environment, load_average
     from fastalign.bench.report import _atomic_write, results_dir
-    from fastalign.train.demo import run_demo
-    from fastalign.train.demo_settings import DemoSettings
 
-    env = environment(torch.device("cpu"))
+    env = {**environment(torch.device("cpu")), "cpu_model": cpu_model()}
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as work:
         for seed in args.seeds:

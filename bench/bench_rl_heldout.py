@@ -68,12 +68,12 @@ def run(preset: HeldOutPreset) -> tuple[list[dict], dict[str, list[float]]]:
 
 
 def _run(preset: HeldOutPreset, scratch: Path) -> tuple[list[dict], dict[str, list[float]]]:
+    from fastalign.app.recipes import load_model, snapshot
     from fastalign.data import make_preference_task, make_sft_task, verify_score
     from fastalign.rollout.rewards import verifier_reward
     from fastalign.train import SFTConfig, SFTTrainer
     from fastalign.train.grpo import GRPOConfig, GRPOTrainer
     from fastalign.train.ppo import PPOConfig, PPOTrainer
-    from fastalign.train.recipes import load_model, snapshot
 
     model, tokenizer = load_model("tiny", seed=preset.seed)
     sft_data = make_sft_task(4000, 50, seed=preset.seed)

@@ -1,5 +1,5 @@
 """The ``fastalign`` command line (also ``python -m fastalign``). Argument parsing and exit
-statuses only: the work happens in ``fastalign.train.recipes`` and ``fastalign.train.demo``.
+statuses only: the work happens in ``fastalign.app.recipes`` and ``fastalign.app.demo``.
 
     fastalign demo [--output-dir ./fastalign-demo] [--seed S] [--sft-steps N] [--dpo-steps N]
     fastalign train sft|rm|dpo|ppo|grpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
@@ -29,9 +29,9 @@ import sys
 import threading
 from typing import Any
 
+from fastalign.app.demo_settings import DemoSettings
 from fastalign.cli_help import KINDS, options_help
 from fastalign.train.options import option_docs
-from fastalign.train.demo_settings import DemoSettings
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -228,7 +228,7 @@ def _loading(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from fastalign.train.demo import run_demo
+        from fastalign.app.demo import run_demo
 
         settings = DemoSettings(output_dir=args.output_dir, seed=args.seed, progress=not args.no_progress)
         if args.sft_steps is not None:
@@ -239,14 +239,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"outputs in {args.output_dir}/ (summary.json, training_curves.png, sft/final, dpo/final)")
         return 0 if summary["table"] else EXIT_FAILED
     if args.command == "train":
-        from fastalign.train.recipes import run_training
+        from fastalign.app.recipes import run_training
 
         run_training(args.kind, model=args.model, data=args.data, config=_config(args), eval_data=args.eval_data,
                      resume=args.resume, overwrite=args.overwrite, reward_model=args.reward_model,
                      loading=_loading(args))
         return 0
+    from fastalign.app.recipes import run_eval
     from fastalign.train.progress import library_bars, show_bars
-    from fastalign.train.recipes import run_eval
 
     with library_bars(show_bars(True)):  # loading bars on a terminal only (no \r in a log file)
         result = run_eval(model=args.model, baseline=args.baseline, data=args.data, reference=args.reference,

@@ -26,9 +26,9 @@ def sft_run(tmp_path_factory):
 
     One run serves the DPO, CLI and RL tests (tests/train) and the evaluation tests (tests/eval).
     """
+    from fastalign.app.recipes import load_model
     from fastalign.data import make_sft_task
     from fastalign.train import SFTConfig, SFTTrainer
-    from fastalign.train.recipes import load_model
 
     out = tmp_path_factory.mktemp("sft")
     model, tokenizer = load_model("tiny", seed=SEED)

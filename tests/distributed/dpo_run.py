@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from fastalign.app.recipes import load_model
 from fastalign.data import make_preference_task
 from fastalign.train import DPOConfig, DPOTrainer
-from fastalign.train.recipes import load_model
 
 
 def run_config(output_dir: str, strategy: str, max_steps: int, **overrides) -> DPOConfig:

@@ -13,10 +13,10 @@ import sys
 
 import torch
 
+from fastalign.app.recipes import load_model
 from fastalign.data import make_preference_task
 from fastalign.train.grpo import GRPOConfig, GRPOTrainer
 from fastalign.train.ppo import PPOConfig, PPOTrainer
-from fastalign.train.recipes import load_model
 from tests.distributed.dpo_run import finish
 
 

@@ -38,9 +38,9 @@ def test_fsdp2_not_available(monkeypatch):
 
 
 def _trainer(tmp_path, **overrides):
+    from fastalign.app.recipes import load_model
     from fastalign.data import make_preference_task
     from fastalign.train import DPOConfig, DPOTrainer
-    from fastalign.train.recipes import load_model
 
     model, tokenizer = load_model("tiny")
     data = make_preference_task(num_train=8, num_test=2)["train"]
@@ -68,9 +68,9 @@ def test_trainer_refuses_before_any_work(tmp_path, monkeypatch):
 
 
 def test_rl_trainers_refuse_fsdp2_and_uneven_prompts(tmp_path, monkeypatch):
+    from fastalign.app.recipes import load_model
     from fastalign.data import make_preference_task
     from fastalign.train.grpo import GRPOConfig, GRPOTrainer
-    from fastalign.train.recipes import load_model
 
     for name, value in TORCHRUN.items():
         monkeypatch.setenv(name, value)

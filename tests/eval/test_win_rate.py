@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from fastalign.app.recipes import load_model
 from fastalign.data import make_preference_task, verify_score
 from fastalign.eval import reward_win_rate, win_rate
 from fastalign.rollout import Rollout
 from fastalign.rollout.rewards import verifier_reward
-from fastalign.train.recipes import load_model
 
 # ``fastalign.eval.win_rate`` the attribute is the function; the module is looked up by name.
 win_rate_module = importlib.import_module("fastalign.eval.win_rate")

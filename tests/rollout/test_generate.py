@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from fastalign.app.recipes import load_model
 from fastalign.data import byte_tokenizer
 from fastalign.models import PolicyModel
 from fastalign.rollout import Rollout, generate
-from fastalign.train.recipes import load_model
 
 TOKENIZER = byte_tokenizer()
 PAD, EOS = TOKENIZER.pad_token_id, TOKENIZER.eos_token_id  # 256, 258

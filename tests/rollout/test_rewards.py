@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fastalign.app.recipes import load_model
 from fastalign.data.encoding import RowEncoder
 from fastalign.models import RewardModel
 from fastalign.rollout.rewards import reward_model_reward, verifier_reward
-from fastalign.train.recipes import load_model
 
 
 def test_verifier_reward_maps_right_and_wrong():

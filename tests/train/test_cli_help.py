@@ -75,7 +75,7 @@ def test_every_argument_of_every_command_is_described():
 
 def test_demo_and_eval_help_show_their_defaults(capsys):
     demo = _help(capsys, "demo")
-    from fastalign.train.demo_settings import DemoSettings
+    from fastalign.app.demo_settings import DemoSettings
 
     defaults = DemoSettings()
     assert f"(default: {defaults.sft_steps})" in demo and f"(default: {defaults.dpo_steps})" in demo

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import fastalign.train.recipes as recipes
+import fastalign.app.recipes as recipes
 from fastalign.cli import main
 from fastalign.train import DPOConfig
 

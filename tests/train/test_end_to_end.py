@@ -11,13 +11,12 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fastalign.app.recipes import snapshot
 from fastalign.cli import main
 from fastalign.data import make_preference_task
 from fastalign.eval import preference_accuracy
 from fastalign.models import PolicyModel
 from fastalign.train import DPOConfig, DPOTrainer
-from fastalign.train.recipes import snapshot
-
 from tests.train.conftest import SEED
 
 

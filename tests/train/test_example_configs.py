@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import fastalign.train.recipes as recipes
+import fastalign.app.recipes as recipes
 from fastalign.cli import main
 from fastalign.cli_help import KINDS
 from fastalign.train.config_file import load_config_file

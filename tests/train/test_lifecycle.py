@@ -12,7 +12,7 @@ import signal
 import pytest
 import torch
 
-import fastalign.train.recipes as recipes
+import fastalign.app.recipes as recipes
 from fastalign.cli import main
 from fastalign.train.checkpoint import list_checkpoints
 from fastalign.train.sft import SFTTrainer

@@ -8,11 +8,11 @@ import pytest
 import torch
 from datasets import Dataset
 
+from fastalign.app.recipes import load_model
 from fastalign.data import make_preference_task
 from fastalign.models import packed_logprobs
 from fastalign.testing import AllocationRecorder
 from fastalign.train import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-from fastalign.train.recipes import load_model
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ import textwrap
 import pytest
 import torch
 
-import fastalign.train.recipes as recipes
+import fastalign.app.recipes as recipes
+from fastalign.app.recipes import load_model
 from fastalign.cli import main
-from fastalign.train.recipes import load_model
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_bad_loading_options_exit_2_with_one_line(tmp_path, capsys):
 _HUB_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    from fastalign.train.recipes import load_model
+    from fastalign.app.recipes import load_model
 
     def first(model):
         return float(next(model.parameters()).detach().double().sum())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-import fastalign.train.recipes as recipes
+import fastalign.app.recipes as recipes
 from fastalign.cli import main
 from fastalign.models import PolicyModel
 from fastalign.train import DPOTrainer

@@ -15,13 +15,13 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
+from fastalign.app.recipes import load_model
 from fastalign.cli import main
 from fastalign.data import make_preference_task
 from fastalign.losses.reward import bradley_terry_loss
 from fastalign.models import RewardModel, reward_model_from_causal_lm
 from fastalign.packing import PackedBatch, pack_completion_examples, pack_preference_examples
 from fastalign.train import DPOConfig, RewardConfig, RewardTrainer
-from fastalign.train.recipes import load_model
 from tests.models.tiny_models import FAMILIES, VOCAB, example_lists, per_example, tiny_model
 
 ATOL = 1e-5

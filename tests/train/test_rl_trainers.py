@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fastalign.app.recipes import load_model
 from fastalign.data import byte_tokenizer, make_preference_task, verify, verify_score
 from fastalign.ops.chunked_torch import chunk_rows
 from fastalign.packing import pack_completion_examples
@@ -16,7 +17,6 @@ from fastalign.rollout.rewards import verifier_reward
 from fastalign.testing import AllocationRecorder
 from fastalign.train.grpo import GRPOConfig, GRPOTrainer
 from fastalign.train.ppo import PPOConfig, PPOTrainer
-from fastalign.train.recipes import load_model
 
 
 def _task():
@@ -137,7 +137,7 @@ def _greedy_reward(trainer) -> float:
 def _train_on_fixed_prompts(trainer_class, config, sft_run) -> tuple[float, list[dict], float]:
     """Greedy verifier reward of a copy of the SFT model on 16 fixed prompts, the training
     history on those prompts, and the greedy reward after."""
-    from fastalign.train.recipes import snapshot
+    from fastalign.app.recipes import snapshot
 
     prompts = make_preference_task(16, 0, seed=5)["train"]
     policy = snapshot(sft_run["model"]).requires_grad_(True).train()

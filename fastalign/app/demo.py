@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
+from fastalign.app.demo_settings import DemoSettings
+from fastalign.app.recipes import load_model, snapshot
 from fastalign.data import make_preference_task, make_sft_task, verify
 from fastalign.eval import preference_accuracy, win_rate
 from fastalign.models import PolicyModel
 from fastalign.train.config import DPOConfig, SFTConfig
 from fastalign.train.dpo import DPOTrainer
-from fastalign.train.demo_settings import DemoSettings
-from fastalign.train.recipes import load_model, snapshot
 from fastalign.train.sft import SFTTrainer
 
 

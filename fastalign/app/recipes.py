@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fastalign.app.demo_settings import SYNTHETIC_SIZES
 from fastalign.data import (
     byte_tokenizer,
     load_preference_data,
@@ -29,7 +30,6 @@ from fastalign.models import PolicyModel, RewardModel, SeparateReference
 from fastalign.models.presets import preset_model
 from fastalign.rollout.rewards import reward_model_reward, verifier_reward
 from fastalign.train.config import DPOConfig, SFTConfig
-from fastalign.train.demo_settings import SYNTHETIC_SIZES
 from fastalign.train.dpo import DPOTrainer
 from fastalign.train.grpo import GRPOConfig, GRPOTrainer
 from fastalign.train.lifecycle import check_output_dir
@@ -37,8 +37,6 @@ from fastalign.train.ppo import PPOConfig, PPOTrainer
 from fastalign.train.progress import format_summary, library_bars, show_bars
 from fastalign.train.reward import RewardConfig, RewardTrainer
 from fastalign.train.sft import SFTTrainer
-
-
 
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
