@@ -8,13 +8,13 @@ formula, so ``torch.compile(fullgraph=True)`` traces through calls without graph
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
+from fastalign.ops.autocast import autocast_disabled, cast_for_autocast
 from fastalign.ops.calls import GradientRequest, LogitsCall
 from fastalign.ops.chunked_torch import accumulation_dtype, torch_backward, torch_forward
 from fastalign.ops.dispatch import resolve_impl
@@ -68,20 +68,6 @@ def default_backward() -> str:
     return value
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    # Autocast knows a handful of device types; "meta" and others raise instead of saying no.
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except RuntimeError:
-        return False
-
-
-def _autocast_disabled(device_type: str):
-    if _autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 @torch.library.custom_op("fastalign::linear_logprob_stats", mutates_args=())
 def _stats_op(
     hidden: Tensor,
@@ -114,7 +100,7 @@ def _stats_op(
         )
     call = LogitsCall(hidden, weight, bias, targets, ignore_index, temperature, softcap)
     wanted = dict(with_entropy=with_entropy, with_logit_sum=with_logit_sum, with_max_logit=with_max_logit)
-    with _autocast_disabled(hidden.device.type):
+    with autocast_disabled(hidden.device.type):
         if impl == "triton":
             from fastalign.ops.linear_logprobs_triton import triton_forward
 
@@ -179,7 +165,7 @@ def _stats_backward_op(
         needs_weight_grad=needs_weight_grad,
         needs_bias_grad=needs_bias_grad and bias is not None,
     )
-    with _autocast_disabled(hidden.device.type):
+    with autocast_disabled(hidden.device.type):
         if impl == "triton":
             from fastalign.ops.linear_logprobs_triton import triton_backward
 
@@ -283,23 +269,6 @@ def _keep_nothing(ctx, inputs, output):
 _stats_backward_op.register_autograd(_no_double_backward, setup_context=_keep_nothing)
 
 
-def _cast_for_autocast(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Under autocast, run at the autocast dtype like ``F.linear`` would (explicit casts)."""
-    device_type = hidden.device.type
-    if not _autocast_enabled(device_type):
-        return hidden, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-
-    def cast(t: Tensor | None) -> Tensor | None:
-        if t is None or not t.is_floating_point() or t.dtype == dtype:
-            return t
-        return t.to(dtype)
-
-    return cast(hidden), cast(weight), cast(bias)
-
-
 def linear_logprob_stats(
     hidden: Tensor,
     weight: Tensor,
@@ -329,7 +298,7 @@ def linear_logprob_stats(
     """
     require_tensor("hidden", hidden)
     require_tensor("weight", weight)
-    hidden, weight, bias = _cast_for_autocast(hidden, weight, bias)
+    hidden, weight, bias = cast_for_autocast(hidden, weight, bias)
     check_linear_head_inputs(
         hidden, weight, targets, bias,
         ignore_index=ignore_index, temperature=temperature, softcap=softcap,
