@@ -31,13 +31,6 @@ def _seed(text: str) -> int:
     return value
 
 
-def _threads(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be an int >= 1, got {value}")
-    return value
-
-
 def cpu_model() -> str | None:
     """The CPU's model name from ``/proc/cpuinfo`` (Linux), ``None`` elsewhere: the demo's numbers
     moved between two CPUs once, so the results name the CPU they were measured on."""
@@ -54,8 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2], help="demo seeds (default: 0 1 2)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"),
                         help="results root; files go to OUT/<device>/ (default: %(default)s)")
-    parser.add_argument("--threads", type=_threads, default=None,
-                        help="torch CPU threads (default: torch's own choice); recorded with the results")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must not repeat a seed, got {args.seeds}")
@@ -108,9 +99,12 @@ def markdown(result: dict) -> str:
                          + " | " + " | ".join(f"{row.get(k, float('nan')):.3f}" for k in ("wins", "ties", "losses"))
                          + " |")
     env = result["environment"]
-    lines += ["", "| seed | wall s | process CPU s | load average (1 min) before → after |", "|---|---|---|---|"]
+    lines += ["", ("Time per run (SFT / DPO: the trainers' step seconds; the rest is evaluation, generation and "
+                   "saving):"), "", "| seed | wall s | SFT s | DPO s | process CPU s | load average (1 min) before → after |",
+              "|---|---|---|---|---|---|"]
     for run in result["runs"]:
-        lines.append(f"| {run['seed']} | {run['wall_s']:.0f} | {run['cpu_s']:.0f} | "
+        lines.append(f"| {run['seed']} | {run['wall_s']:.0f} | {run['sft_train_s']:.0f} | {run['dpo_train_s']:.0f} | "
+                     f"{run['cpu_s']:.0f} | "
                      f"{run['load_average_before']:.2f} → {run['load_average_after']:.2f} |")
     lines += ["", (f"Environment: {env['device']} ({env.get('cpu_model')}), {env['cpu_count']} CPUs, "
                    f"{env['torch_threads']} torch threads, torch {env['packages']['torch']}, "
@@ -122,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     from fastalign.app.demo import run_demo
     from fastalign.app.demo_settings import DemoSettings
     from fastalign.bench.environment import environment, load_average
     from fastalign.bench.report import _atomic_write, results_dir
 
+    defaults = DemoSettings()
+    if defaults.threads is not None:  # what run_demo will use, so that the environment records it
+        torch.set_num_threads(defaults.threads)
     env = {**environment(torch.device("cpu")), "cpu_model": cpu_model()}
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as work:
@@ -139,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             runs.append({"seed": seed, "wall_s": wall, "cpu_s": cpu, "load_average_before": before,
                          "load_average_after": load_average(), "table": summary["table"],
+                         "sft_train_s": sum(h.get("seconds", 0.0) for h in summary["sft_history"]),
+                         "dpo_train_s": sum(h.get("seconds", 0.0) for h in summary["dpo_history"]),
                          "dpo_reward_accuracy": summary["dpo_reward_accuracy"]})
             print(f"seed {seed}: {wall:.0f} s wall, {cpu:.0f} s process CPU", flush=True)
-    settings = asdict(DemoSettings())
+    settings = asdict(defaults)
     settings.pop("output_dir"), settings.pop("seed"), settings.pop("progress")
     result = {"environment": env, "settings": settings,
               "spread": "min and max over the seeds; std is the population std (statistics.pstdev)",

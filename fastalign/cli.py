@@ -1,7 +1,7 @@
 """The ``fastalign`` command line (also ``python -m fastalign``). Argument parsing and exit
 statuses only: the work happens in ``fastalign.app.recipes`` and ``fastalign.app.demo``.
 
-    fastalign demo [--output-dir ./fastalign-demo] [--seed S] [--sft-steps N] [--dpo-steps N]
+    fastalign demo [--output-dir ./fastalign-demo] [--seed S] [--sft-steps N] [--dpo-steps N] [--threads N]
     fastalign train sft|rm|dpo|ppo|grpo --model tiny|PATH --data synthetic|PATH [--config file.yaml]
                     [--output-dir DIR] [--max-steps N] [--seed S] [--resume | --overwrite] [key=value ...]
     fastalign eval --model PATH [--baseline PATH] [--reference PATH] --data synthetic|PATH
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"SFT optimizer steps (default: {defaults.sft_steps})")
     demo.add_argument("--dpo-steps", type=int, default=None,
                       help=f"DPO optimizer steps (default: {defaults.dpo_steps})")
+    demo.add_argument("--threads", type=int, default=defaults.threads,
+                      help="torch CPU threads; 1 is fastest for this tiny model on a shared machine "
+                           "(default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
     _add_train(commands)
@@ -230,7 +233,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from fastalign.app.demo import run_demo
 
-        settings = DemoSettings(output_dir=args.output_dir, seed=args.seed, progress=not args.no_progress)
+        settings = DemoSettings(output_dir=args.output_dir, seed=args.seed, threads=args.threads,
+                                progress=not args.no_progress)
         if args.sft_steps is not None:
             settings.sft_steps = args.sft_steps
         if args.dpo_steps is not None:

@@ -34,10 +34,22 @@ def _row(name: str, accuracy: dict, judged: dict) -> dict:
 
 
 def run_demo(settings: DemoSettings) -> dict:
-    """Run the demo; returns the summary also written to ``output_dir/summary.json``."""
+    """Run the demo; returns the summary also written to ``output_dir/summary.json``.
+
+    Runs on ``settings.threads`` torch threads and restores the previous count afterwards."""
     if not isinstance(settings, DemoSettings):
         raise TypeError(f"settings must be a DemoSettings, got {type(settings).__name__}")
     settings.validate()
+    previous = torch.get_num_threads()
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(settings: DemoSettings) -> dict:
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model("tiny", seed=settings.seed)

@@ -37,6 +37,12 @@ class DemoSettings:
     dpo_beta: float = 0.1
     rpo_alpha: float | None = 1.0
     token_budget: int = 1536
+    # One torch thread by default: the model is tiny (2 layers, 128 wide), so a second thread buys
+    # little, while on a shared 2-core machine two OpenMP threads that wait on each other crawl:
+    # back to back on this project's machine (load average ~10), 30 SFT steps took 6.4 s on one
+    # thread and 100 s on two. One thread also keeps the table independent of the core count.
+    # None: torch's own choice.
+    threads: int | None = 1
     progress: bool = True
 
     def validate(self) -> None:
@@ -51,6 +57,9 @@ class DemoSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"--threads must be None or an int >= 1, got {threads!r}")
         alpha = self.rpo_alpha
         if alpha is not None and not (isinstance(alpha, (int, float)) and 0 <= alpha < math.inf):
             raise ValueError(f"rpo_alpha must be None or a finite number >= 0, got {self.rpo_alpha!r}")

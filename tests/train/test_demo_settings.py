@@ -32,11 +32,46 @@ def test_demo_settings_refuse_bad_rates_by_name(name, value):
 
 def test_demo_defaults_validate():
     DemoSettings().validate()
+    DemoSettings(threads=None).validate()  # torch's own choice
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.0, True])
+def test_demo_threads_refused_by_name(threads, capsys):
+    with pytest.raises(ValueError, match="^--threads must be None or an int >= 1"):
+        DemoSettings(threads=threads).validate()
+
+
+def test_demo_cli_refuses_bad_threads_before_writing(tmp_path, capsys):
+    from fastalign.cli import main
+
+    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--threads", "0"]) == 2
+    assert "--threads must be None or an int >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_run_demo_restores_the_thread_count(tmp_path, monkeypatch):
+    """run_demo sets settings.threads for the run only (the caller's count comes back, also
+    after a failure)."""
+    import torch
+
+    from fastalign.app import demo
+
+    seen = []
+
+    def fail(settings):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(demo, "_run", fail)
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError, match="stop"):
+        demo.run_demo(DemoSettings(output_dir=str(tmp_path / "d"), threads=wanted))
+    assert seen == [wanted] and torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--seeds", "-1"], "seeds must be ints >= 0"), (["--seeds", "1", "1"], "must not repeat a seed"),
-    (["--threads", "0"], "--threads must be an int >= 1"),
 ])
 def test_bench_demo_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
