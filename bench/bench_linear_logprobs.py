@@ -32,7 +32,7 @@ from fastalign.ops.reference import reference_linear_logprob_stats
 
 MODES = ("forward", "forward_backward")
 # GEMM-equivalents per mode: forward = 1 (h W^T); forward+backward with exact gradients =
-# 4 (forward, one recompute, dH, dW) -- the roofline DESIGN.md measures against.
+# 4 (forward, one recompute, dH, dW) -- the roofline of docs/architecture.md and kernels/cost.py.
 GEMMS_PER_MODE = {"forward": 1, "forward_backward": 4}
 
 

@@ -2,6 +2,9 @@
 
 The public names are imported on first use (PEP 562): ``import fastalign`` alone, and the
 ``fastalign`` command's ``--help``, stay free of torch, which takes seconds to import.
+
+How the package is laid out, what may import what, and the path of one DPO step through the
+code: docs/architecture.md in the repository.
 """
 
 from __future__ import annotations

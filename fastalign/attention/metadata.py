@@ -1,6 +1,6 @@
 """What an attention backend needs to know about a packed row, built once per forward.
 
-The rule (DESIGN.md, "Packed, prefix-shared batches"): query ``q`` may attend to key ``k`` iff
+The rule (docs/architecture.md, step 3 of a DPO step): query ``q`` may attend to key ``k`` iff
 both are in the same attention group, ``pos[k] <= pos[q]``, ``k`` is a prompt token or in
 ``q``'s own segment (so a rejected token never sees a chosen one), and — with a sliding window
 ``w`` — ``pos[q] - pos[k] < w``. Windows are measured in position space, which is what the

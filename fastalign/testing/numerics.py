@@ -1,6 +1,6 @@
 """The one place that owns fastalign's numerical tolerances.
 
-Rule (DESIGN.md): a fused path at dtype ``D`` is compared with a float64 oracle; its error
+Rule (docs/architecture.md, "Testing rules"): a fused path at dtype ``D`` is compared with a float64 oracle; its error
 must be at most twice the error of plain PyTorch computing the same function at ``D`` (fp32
 accumulation), plus an absolute floor for ``D``. Values are measured by max absolute error,
 gradients by relative error ``||g - g_ref|| / ||g_ref||``.
