@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import runpy
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,61 @@ def test_readme_python_snippet_runs(index, tmp_path, monkeypatch):
 
 def test_quickstart_example_runs():
     runpy.run_path(str(ROOT / "examples" / "quickstart.py"), run_name="__main__")
+
+
+DEMO_RESULTS = ROOT / "bench" / "results" / "x86-64" / "demo_seeds.json"
+_CELL = re.compile(r"(\d+\.\d{3}) \((\d+\.\d{3})–(\d+\.\d{3})\)")
+
+
+def _demo_section() -> str:
+    start = README.index("Measured on this project's 2-core CPU machine")
+    return README[start:README.index("\n## ", start)]
+
+
+def _demo_table(section: str) -> list[list[str]]:
+    lines = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_readme_demo_table_is_the_committed_seed_results():
+    """README's demo table is bench/results/x86-64/demo_seeds.json: every mean (min–max) cell,
+    the step counts in the row labels, the seeds and the wall times; and those results were
+    measured with the demo's current defaults (change a default: rerun bench/bench_demo.py)."""
+    import json
+    from dataclasses import asdict
+
+    from fastalign.app.demo_settings import DemoSettings
+
+    results = json.loads(DEMO_RESULTS.read_text())
+    defaults = asdict(DemoSettings())
+    assert {k: defaults[k] for k in results["settings"]} == results["settings"], "rerun bench/bench_demo.py"
+    section = _demo_section()
+    rows = _demo_table(section)
+    assert len(rows) == len(results["mean_min_max"]) == 3
+    metrics = ("preference_accuracy", "exact_match", "win_rate_vs_sft")
+    for row, entry in zip(rows, results["mean_min_max"]):
+        assert row[0].startswith(entry["model"]), (row[0], entry["model"])
+        for text, metric in zip(row[1:], metrics):
+            match = _CELL.fullmatch(text)
+            assert match, f"{row[0]} / {metric}: {text!r} is not 'mean (min–max)'"
+            stats = entry[metric]
+            expected = tuple(f"{stats[k]:.3f}" for k in ("mean", "min", "max"))
+            assert match.groups() == expected, f"{row[0]} / {metric}: README {text!r}, results {expected}"
+    settings = results["settings"]
+    assert f"({settings['sft_steps']} steps)" in rows[1][0]
+    assert f"({settings['dpo_steps']} steps" in rows[2][0]
+    seeds = [run["seed"] for run in results["runs"]]
+    assert f"seeds {', '.join(map(str, seeds))}" in section
+    walls = [run["wall_s"] for run in results["runs"]]
+    assert f"{min(walls):.0f}–{max(walls):.0f} s" in section, "README's demo wall time is not the measured one"
+
+
+def test_readme_demo_table_check_fails_on_a_changed_number(monkeypatch):
+    """The check above really compares numbers: one digit changed in README fails it."""
+    section = _demo_section()
+    first = _CELL.search(section)
+    changed = f"{float(first.group(1)) + 0.001:.3f}"
+    monkeypatch.setattr(sys.modules[__name__], "README", README.replace(first.group(0), first.group(0).replace(
+        first.group(1), changed, 1), 1))
+    with pytest.raises(AssertionError):
+        test_readme_demo_table_is_the_committed_seed_results()
