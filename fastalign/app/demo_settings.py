@@ -28,8 +28,9 @@ class DemoSettings:
     # the CPU (0.875 vs 0.600 after 600 steps on two machines). 300 SFT steps stop before the
     # jump for most seeds (exact match 0.005-0.245), so SFT leaves room; 300 DPO steps at 2e-3
     # with the RPO term (alpha 1: NLL on the chosen answer) carry the model past it. Win rate
-    # against SFT then measures a real gain (0.68 and 0.77 on seeds 1 and 2) instead of ties
-    # between two near-perfect models (0.52 with the old 600 + 150 steps at 2e-4).
+    # against SFT then measures a real gain (0.731, min 0.680, over seeds 0-2:
+    # bench/results/x86-64/demo_seeds.json) instead of ties between two near-perfect models
+    # (0.52 with the old 600 + 150 steps at 2e-4).
     sft_steps: int = 300
     sft_learning_rate: float = 3e-3
     dpo_steps: int = 300
