@@ -113,6 +113,12 @@ def test_nothing_in_the_library_imports_the_app_or_the_cli():
     assert not wrong, sorted(wrong)
 
 
+def test_nothing_in_the_library_imports_the_bench_harness():
+    wrong = {f"{path.relative_to(ROOT)} imports {name}" for path in LIBRARY for name in _imports(path)
+             if _within(name, "fastalign.bench") and not _module_name(path).startswith("fastalign.bench")}
+    assert not wrong, sorted(wrong)
+
+
 def test_the_import_reader_sees_relative_and_aliased_imports(tmp_path):
     probe = ROOT / "fastalign" / "ops" / "linear_logprobs.py"
     names = _imports(probe)

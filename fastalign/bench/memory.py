@@ -1,4 +1,4 @@
-"""The one memory meter of the benchmarks (and of the trainers' per-step log).
+"""The one memory meter of the benchmarks.
 
 Three measurements, one interface (a context manager with ``peak_bytes`` after exit):
 
@@ -12,38 +12,21 @@ Three measurements, one interface (a context manager with ``peak_bytes`` after e
   the block, ~40% on the tiny model, which then skews timings).
 
 ``peak_memory_bytes(fn, device)`` measures one call: CUDA above what was live before, else
-the tensor recorder. The trainers log their step peak with ``reset_cuda_peak`` /
-``cuda_peak_bytes`` and ``process_peak_rss_bytes``.
+the tensor recorder. The process RSS readings come from ``fastalign.testing.memory``, which the
+trainers' per-step log uses too (the library never imports this harness).
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import sys
 import threading
 from collections.abc import Callable
 
 import torch
 
+from fastalign.testing.memory import AllocationRecorder, rss_bytes
+
 MEMORY_METHODS = ("cuda", "rss", "tensors")
-
-
-def rss_bytes() -> int:
-    """The resident-set size of this process now (``/proc``; elsewhere the lifetime peak)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return process_peak_rss_bytes()
-
-
-def process_peak_rss_bytes() -> int:
-    """The largest resident-set size this process has had (it never goes down)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
 def trim_heap() -> None:
@@ -58,16 +41,6 @@ def trim_heap() -> None:
         pass
 
 
-def reset_cuda_peak(device: torch.device) -> None:
-    """Start a new CUDA peak (no synchronization: the caller decides where a step begins)."""
-    torch.cuda.reset_peak_memory_stats(device)
-
-
-def cuda_peak_bytes(device: torch.device) -> int:
-    """The largest CUDA allocation total since the last reset."""
-    return torch.cuda.max_memory_allocated(device)
-
-
 class CudaPeak:
     """``peak_bytes``: the CUDA peak of the block (absolute); ``start_bytes``: live at entry."""
 
@@ -78,7 +51,7 @@ class CudaPeak:
 
     def __enter__(self) -> CudaPeak:
         torch.cuda.synchronize(self.device)
-        reset_cuda_peak(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
         self.start_bytes = torch.cuda.memory_allocated(self.device)
         return self
 
@@ -86,7 +59,7 @@ class CudaPeak:
         if exc_type is not None:  # nothing to read after a failure (an OOM is reported by the caller)
             return
         torch.cuda.synchronize(self.device)
-        self.peak_bytes = cuda_peak_bytes(self.device)
+        self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
 
     @property
     def peak_above_start(self) -> int:
@@ -124,8 +97,6 @@ def memory_meter(device: torch.device, method: str):
     if method == "cuda":
         return CudaPeak(device)
     if method == "tensors":
-        from fastalign.testing.memory import AllocationRecorder
-
         return AllocationRecorder()
     if method == "rss":
         return RSSPeak()

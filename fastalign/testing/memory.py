@@ -1,4 +1,5 @@
-"""Allocation recording with a ``TorchDispatchMode`` (``tracemalloc`` cannot see tensors).
+"""Memory probes: allocation recording with a ``TorchDispatchMode`` (``tracemalloc`` cannot see
+tensors), and the process's resident-set size now and at its peak.
 
 Records every tensor that an ATen op allocates while the mode is active (outputs that alias
 an input, such as views and in-place results, are not allocations): the largest one (in
@@ -8,6 +9,8 @@ not count twice and freed temporaries stop counting.
 
 from __future__ import annotations
 
+import os
+import sys
 import weakref
 
 import torch
@@ -80,3 +83,20 @@ class AllocationRecorder(TorchDispatchMode):
             if isinstance(item, torch.Tensor) and item.untyped_storage().data_ptr() not in input_storages:
                 self._track(item, str(func))
         return out
+
+
+def rss_bytes() -> int:
+    """The resident-set size of this process now (``/proc``; elsewhere the lifetime peak)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return process_peak_rss_bytes()
+
+
+def process_peak_rss_bytes() -> int:
+    """The largest resident-set size this process has had (it never goes down)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastalign.bench.memory import cuda_peak_bytes, process_peak_rss_bytes, reset_cuda_peak
 from fastalign.models import PolicyModel, enable_activation_checkpointing
 from fastalign.models.backbone import PackedModel
 from fastalign.packing import PackedBatch
+from fastalign.testing.memory import process_peak_rss_bytes
 from fastalign.train import distributed
 from fastalign.train.checkpointing import Checkpointing
 from fastalign.train.config import TrainConfig
@@ -292,7 +292,7 @@ class Trainer(Checkpointing, StepRows):
         config = self.config
         start = time.perf_counter()
         if self.device.type == "cuda":
-            reset_cuda_peak(self.device)  # the benchmarks' meter, unsynchronized: the step's own peak
+            torch.cuda.reset_peak_memory_stats(self.device)  # unsynchronized: the step's own peak
         self._nonfinite = None
         rows = self.next_rows()
         self.optimizer.zero_grad(set_to_none=True)
@@ -353,7 +353,7 @@ class Trainer(Checkpointing, StepRows):
         """CUDA: the step's peak allocated memory. CPU: only the process-lifetime peak RSS
         exists (it never goes down), so it is named for what it is."""
         if self.device.type == "cuda":
-            return {"peak_memory_mb": cuda_peak_bytes(self.device) / 2**20}
+            return {"peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
         return {"process_peak_rss_mb": process_peak_rss_bytes() / 2**20}
 
     def save_model(self, path: str | Path | None = None) -> Path:
