@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import triton
 
-# Re-exported: report.py and other callers ask autotune.interpreting().
+# One definition of the TRITON_INTERPRET test for kernels and ops (kernels/interpret.py).
 from .interpret import interpreting
 
 # Largest BLOCK_V of any configuration: vocab chunks are cut at multiples of it so that every

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import aot, autotune, plans
+from .interpret import interpreting
 
 # Variants compiled for every configuration: the plainest call and the one with every
 # optional feature on (the most registers).
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run CI's compile gate: sm_90 and sm_80, bf16/fp16/fp32 (ignores --target/--dtype); implies --check")
     parser.add_argument("--workers", type=int, default=None, help="parallel compiler processes")
     args = parser.parse_args(argv)
-    if autotune.interpreting():
+    if interpreting():
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled for a GPU")
     try:
         n, h, v = parse_shape(args.shape)

@@ -68,7 +68,8 @@ def _run(settings: DemoSettings) -> dict:
 
     dpo = DPOTrainer(sft.policy.model, tokenizer, pairs["train"], DPOConfig(
         output_dir=str(out / "dpo"), max_steps=settings.dpo_steps, learning_rate=settings.dpo_learning_rate,
-        warmup_steps=5, beta=settings.dpo_beta, rpo_alpha=settings.rpo_alpha, reference="separate", **common), eval_data=pairs["test"])
+        warmup_steps=5, beta=settings.dpo_beta, rpo_alpha=settings.rpo_alpha, reference="separate", **common),
+        eval_data=pairs["test"])
     rows = dpo.eval_rows
     table = []
     for name, network in (("initial (random)", initial), ("SFT", baseline)):
@@ -128,5 +129,4 @@ def _plot(sft_history: list[dict], dpo_history: list[dict], path: Path) -> Path 
 
 
 if __name__ == "__main__":  # pragma: no cover - `fastalign demo` is the entry point
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    run_demo(DemoSettings())
+    run_demo(DemoSettings())  # sets its own thread count (DemoSettings.threads)

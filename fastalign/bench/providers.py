@@ -42,13 +42,16 @@ def _always(_device: torch.device) -> str | None:
     return None
 
 
+def _installed(module: str) -> Callable[[torch.device], str | None]:
+    return lambda _device: None if importlib.util.find_spec(module) else f"{module} is not installed"
+
+
 def _needs_cuda_and(module: str) -> Callable[[torch.device], str | None]:
     def check(device: torch.device) -> str | None:
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed"
-        if device.type != "cuda":
-            return f"{module} needs a CUDA device"
-        return None
+        missing = _installed(module)(device)
+        if missing is not None:
+            return missing
+        return None if device.type == "cuda" else f"{module} needs a CUDA device"
 
     return check
 
@@ -130,15 +133,11 @@ def _fastalign_dpo(device: torch.device) -> DPOStep:
     return lambda w, h, t, rh, rw: layer(w, h, t, None, rh, rw)[0]
 
 
-def _available(module: str) -> Callable[[torch.device], str | None]:
-    return lambda device: None if importlib.util.find_spec(module) else f"{module} is not installed"
-
-
 # name -> (build(device) -> step, needs(device) -> None when usable, else the reason)
 DPO_PROVIDERS: dict[str, tuple[Callable[[torch.device], DPOStep], Callable[[torch.device], str | None]]] = {
-    "naive": (lambda device: naive_dpo, lambda device: None),
-    "liger": (_liger_dpo, _available("liger_kernel")),
-    "fastalign": (_fastalign_dpo, lambda device: None),
+    "naive": (lambda device: naive_dpo, _always),
+    "liger": (_liger_dpo, _installed("liger_kernel")),
+    "fastalign": (_fastalign_dpo, _always),
 }
 
 

@@ -1,5 +1,6 @@
 """Shared pieces of the fused layers: token log-probs of [B, T, H] hidden states through the
-fused op (a ``FusedHead`` of the raw ``weight`` / ``bias`` the layers take: no soft-cap, no scale), per-sequence sums and lengths, and Liger-compatible metrics (mean logits, chosen NLL)
+fused op (a ``FusedHead`` of the raw ``weight`` / ``bias`` the layers take: no soft-cap, no
+scale), per-sequence sums and lengths, and Liger-compatible metrics (mean logits, chosen NLL)
 computed without materializing logits."""
 
 from __future__ import annotations

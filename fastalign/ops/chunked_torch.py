@@ -167,7 +167,8 @@ def _logits_grad(
     temperature: float,
     prob_buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """In place on ``z`` (``prob_buffer``: scratch for the entropy term): the gradient w.r.t. the raw logits of one chunk (see kernels' math).
+    """In place on ``z`` (``prob_buffer``: scratch for the entropy term): the gradient w.r.t.
+    the raw logits of one chunk (see the kernels' math in docs/kernels.md).
 
     ``g = a [j == t] + u - p (a - c + e (z - sum p z))``, divided by T and chained through
     the soft-cap; ``z - sum p z = log p + H``. Returns ``z``'s storage.

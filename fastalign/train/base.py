@@ -1,13 +1,13 @@
 """The loop every trainer shares: packed rows in a seeded order, gradient accumulation over
-rows, AdamW with warmup and a cosine / linear / constant schedule, clipping, metrics, evaluation and atomic checkpoints (written
-by default every ``save_every`` steps / ``save_every_minutes``, at the end and on SIGINT /
-SIGTERM), and the non-finite guard: a step with a NaN / inf loss, gradient norm or model output
-never reaches the optimizer (``on_nonfinite``; see ``train/nonfinite.py``).
+rows, AdamW with warmup and a cosine / linear / constant schedule, clipping, metrics,
+evaluation and atomic checkpoints (written by default every ``save_every`` steps /
+``save_every_minutes``, at the end and on SIGINT / SIGTERM), and the non-finite guard: a step
+with a NaN / inf loss, gradient norm or model output never reaches the optimizer
+(``on_nonfinite``; see ``train/nonfinite.py``).
 
 Subclasses say how to turn their data into token lists and rows (``token_lists``,
-``pack_lists``), how to turn a step's rows into a loss
-(``accumulate``: backward per row, normalized by the step's total count) and how to
-evaluate. Under ``torchrun`` (``strategy`` ``ddp`` / ``fsdp2``) the same loop runs on every
+``pack_lists``), how to turn a step's rows into a loss (``accumulate``: backward per row,
+normalized by the step's total count) and how to evaluate. Under ``torchrun`` (``strategy`` ``ddp`` / ``fsdp2``) the same loop runs on every
 rank with PyTorch's engines wrapping ``self.policy`` (see ``train/distributed.py``): each
 step's rows are split over ranks by tokens, counts and metrics are summed over ranks, and
 checkpoints go through ``torch.distributed.checkpoint``.
