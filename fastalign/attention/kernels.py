@@ -3,50 +3,56 @@
 Inputs: ``query [1, Hq, T, D]``, ``key``/``value [1, Hkv, T, D]`` (one packed row), a
 ``PackedAttention``; output ``[1, T, Hq, D]`` (what transformers' attention functions return).
 
-The explicit-mask backends (eager, sdpa: CPU and tests) attend per attention group. A group
-longer than ``QUERY_CHUNK`` slots (a long pair) is processed in chunks of query slots, each
-against the keys up to its last slot, with its mask rows built for the chunk and never cached;
-with gradients each chunk is its own checkpoint. So neither the ``[L, L]`` mask nor the
-``[H, L, L]`` scores ever exist: memory grows linearly with the group length.
+The explicit-mask backends (eager, sdpa: CPU and tests) attend per attention group, with the
+key/value heads shared by their query heads (never repeated) and, for a row that is one group
+(one long pair), on views of the inputs (no copies). When a group's mask rows and scores would
+exceed ``SCORE_BUDGET_BYTES`` (a long pair), it is processed in chunks of query slots, each
+against the keys up to its last slot, with its mask rows built for the chunk and never cached,
+inside one autograd function (``_ChunkedAttention``) that keeps only its inputs and recomputes
+each chunk in backward, accumulating the key/value gradients in place. So neither the
+``[L, L]`` mask nor the ``[H, L, L]`` scores ever exist, and the memory of attention beyond its
+inputs and output does not grow with the group length.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from fastalign.attention.metadata import PackedAttention
+from fastalign.ops.autocast import autocast_of_now
 
-QUERY_CHUNK = 1024  # query slots per chunk of a long group (mask rows [chunk, L] at a time)
-
-
-def _repeat_heads(states: torch.Tensor, groups: int) -> torch.Tensor:
-    return states if groups == 1 else states.repeat_interleave(groups, dim=1)
+QUERY_CHUNK = 1024  # at most this many query slots per chunk of a long group
+SCORE_BUDGET_BYTES = 32 * 2**20  # mask rows and scores of one chunk (sets the chunk length)
+_MASK_BYTES = 8  # per mask element: the bool rows, their building, and SDPA's additive copy
+_SCORE_COPIES = 5  # fp32 score-sized tensors eager attention keeps (scores, softmax, ...)
 
 
 def _to_groups(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``[1, H, T, D]`` → ``[G, H, L, D]`` laid out by the group table."""
+    """``[1, H, T, D]`` → ``[G, H, L, D]`` laid out by the group table (the input itself when
+    the row is one group)."""
+    if index.shape == (1, states.shape[2]):
+        return states  # one group spanning the row: index is 0..T-1
     return states[0][:, index].transpose(0, 1)
 
 
 def _from_groups(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``[G, H, L, D]`` → ``[1, T, H, D]``: groups are contiguous and in order, so the valid
     slots in row-major order are the tokens in order."""
+    if valid.shape[0] == 1 and bool(valid.all()):
+        return out.transpose(1, 2)
     return out.transpose(1, 2)[valid][None]
 
 
 def _grouped(query, key, value, meta: PackedAttention):
-    """``[G, H, L, D]`` queries and (head-repeated) keys / values laid out by the group table."""
+    """``[G, H, L, D]`` queries, keys and values laid out by the group table, and ``valid``."""
     index, valid = meta.groups()
-    groups = query.shape[1] // key.shape[1]
-    q = _to_groups(query, index)
-    k, v = _to_groups(_repeat_heads(key, groups), index), _to_groups(_repeat_heads(value, groups), index)
-    return q, k, v, valid
+    return _to_groups(query, index), _to_groups(key, index), _to_groups(value, index), valid
 
 
 def _mask_rows(meta: PackedAttention, start: int, stop: int, keys: int, sliding_window: int | None) -> torch.Tensor:
@@ -60,54 +66,137 @@ def _mask_rows(meta: PackedAttention, start: int, stop: int, keys: int, sliding_
     return keep | (own & ~valid[:, start:stop, None])
 
 
-def _attend_in_chunks(attend: Callable, q, k, v, meta: PackedAttention, sliding_window: int | None) -> torch.Tensor:
-    """``attend(q, k, v, mask)`` over ``[G, H, L, D]`` groups; chunks of query slots when the
-    groups are longer than ``QUERY_CHUNK`` (see the module docstring). Returns ``[G, H, L, D]``."""
-    length = q.shape[2]
-    if length <= QUERY_CHUNK:
+def _chunk_length(groups: int, length: int, score_bytes_per_key: int) -> int:
+    """Query slots per chunk: as many as ``SCORE_BUDGET_BYTES`` allows against ``length`` keys
+    (at least 16), at most ``QUERY_CHUNK``; ``length`` when the whole group fits."""
+    per_row = groups * length * (_MASK_BYTES + score_bytes_per_key)
+    return min(QUERY_CHUNK, length, max(16, SCORE_BUDGET_BYTES // per_row))
+
+
+def _chunk_schedule(meta: PackedAttention, length: int, chunk: int, sliding_window: int | None):
+    """``(start, stop, keys)`` per chunk. Packed layouts never let a slot see a later one, so a
+    chunk needs the keys up to its last slot; confirmed on the chunk's mask rows."""
+    schedule = []
+    for start in range(0, length, chunk):
+        stop = min(start + chunk, length)
+        later = stop < length and bool(_mask_rows(meta, start, stop, length, sliding_window)[..., stop:].any())
+        schedule.append((start, stop, length if later else stop))
+    return schedule
+
+
+@contextlib.contextmanager
+def _replayed_random_state(cpu_state: torch.Tensor, cuda_state: torch.Tensor | None, device: torch.device):
+    """Run with the random state of the forward (dropout draws the same masks), then restore."""
+    saved_cpu = torch.get_rng_state()
+    saved_cuda = torch.cuda.get_rng_state(device) if cuda_state is not None else None
+    torch.set_rng_state(cpu_state)
+    if cuda_state is not None:
+        torch.cuda.set_rng_state(cuda_state, device)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved_cpu)
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state(saved_cuda, device)
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """``attend`` over query chunks of ``[G, H, L, D]`` groups. Saves ``q``, ``k``, ``v`` only;
+    backward recomputes each chunk (under the forward's autocast state, replaying its random
+    state so dropout masks match) and adds its key/value gradients into one buffer (fp32 for
+    half-precision inputs)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attend: Callable, masks: Callable, schedule: list):
+        ctx.attend, ctx.masks, ctx.schedule = attend, masks, schedule
+        ctx.autocast = autocast_of_now(q.device.type)
+        ctx.rng = torch.get_rng_state(), (torch.cuda.get_rng_state(q.device) if q.is_cuda else None)
+        ctx.save_for_backward(q, k, v)
+        # Laid out [G, L, H, D] in memory: transformers' next step (heads merged per token) is a view.
+        out = q.new_empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3])).transpose(1, 2)
+        for start, stop, keys in schedule:
+            out[:, :, start:stop] = attend(q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys], masks(start, stop, keys))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:3]
+        accumulate = torch.float32 if k.dtype in (torch.float16, torch.bfloat16) else k.dtype
+        dq = torch.empty_like(q) if wanted[0] else None
+        dk = torch.zeros(k.shape, dtype=accumulate, device=k.device) if wanted[1] else None
+        dv = torch.zeros(v.shape, dtype=accumulate, device=v.device) if wanted[2] else None
+        with _replayed_random_state(*ctx.rng, q.device):
+            for start, stop, keys in ctx.schedule:
+                with torch.enable_grad(), ctx.autocast():
+                    inputs = [t.detach().requires_grad_(need) for t, need in
+                              zip((q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys]), wanted)]
+                    out = ctx.attend(*inputs, ctx.masks(start, stop, keys))
+                    grads = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad],
+                                                     grad_out[:, :, start:stop]))
+                if wanted[0]:
+                    dq[:, :, start:stop] = next(grads)  # the chunks cover every query slot once
+                if wanted[1]:
+                    dk[:, :, :keys] += next(grads)
+                if wanted[2]:
+                    dv[:, :, :keys] += next(grads)
+        return (dq, None if dk is None else dk.to(k.dtype), None if dv is None else dv.to(v.dtype),
+                None, None, None)
+
+
+def _attend_in_chunks(attend: Callable, q, k, v, meta: PackedAttention, sliding_window: int | None,
+                      score_bytes_per_key: int = 0) -> torch.Tensor:
+    """``attend(q, k, v, mask)`` over ``[G, H, L, D]`` groups: whole when the group's mask and
+    scores fit ``SCORE_BUDGET_BYTES`` (``score_bytes_per_key``: the scores' bytes per query
+    slot and key), else in chunks of query slots (see the module docstring). Returns
+    ``[G, Hq, L, D]``."""
+    groups, length = q.shape[0], q.shape[2]
+    chunk = _chunk_length(groups, length, score_bytes_per_key)
+    if chunk >= length:
         return attend(q, k, v, meta.group_mask(sliding_window))
-    outputs = []
-    for start in range(0, length, QUERY_CHUNK):
-        stop = min(start + QUERY_CHUNK, length)
-        # Packed layouts never let a token see a later slot; confirmed on the chunk's mask rows.
-        keys = stop if not _mask_rows(meta, start, stop, length, sliding_window)[..., stop:].any() else length
+    schedule = _chunk_schedule(meta, length, chunk, sliding_window)
 
-        def chunk(q_rows, k_cols, v_cols, start=start, stop=stop, keys=keys):
-            return attend(q_rows, k_cols, v_cols, _mask_rows(meta, start, stop, keys, sliding_window))
+    def masks(start: int, stop: int, keys: int) -> torch.Tensor:
+        return _mask_rows(meta, start, stop, keys, sliding_window)
 
-        args = (q[:, :, start:stop], k[:, :, :keys], v[:, :, :keys])
-        if torch.is_grad_enabled():  # saves only the (view) inputs; mask and scores are rebuilt in backward
-            outputs.append(checkpoint(chunk, *args, use_reentrant=False))
-        else:
-            outputs.append(chunk(*args))
-    return torch.cat(outputs, dim=2)
+    return _ChunkedAttention.apply(q, k, v, attend, masks, schedule)
 
 
 def eager_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
     """Explicit scores and mask per attention group; supports everything (softcap included)."""
+    heads, kv_heads = query.shape[1], key.shape[1]
+    shared = heads // kv_heads  # query heads per key/value head, adjacent (transformers' repeat_kv order)
 
     def attend(q, k, v, mask):
+        groups, _, rows, dim = q.shape
+        # [G, Hkv, shared * rows, D]: each key/value head against all of its query heads at once
+        q = q.reshape(groups, kv_heads, shared * rows, dim)
         scores = torch.matmul(q, k.transpose(2, 3)) * scaling
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+        scores = scores.view(groups, kv_heads, shared, rows, -1).masked_fill(~mask[:, None, None], float("-inf"))
         # Softmax in at least fp32, like transformers' eager attention (float64 stays float64).
         weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
         weights = F.dropout(weights, p=dropout, training=dropout > 0)
-        return torch.matmul(weights, v)
+        out = torch.matmul(weights.view(groups, kv_heads, shared * rows, -1), v)
+        return out.view(groups, heads, rows, dim)
 
     q, k, v, valid = _grouped(query, key, value, meta)
-    return _from_groups(_attend_in_chunks(attend, q, k, v, meta, sliding_window), valid)
+    score_bytes = _SCORE_COPIES * max(query.element_size(), 4) * heads
+    return _from_groups(_attend_in_chunks(attend, q, k, v, meta, sliding_window, score_bytes), valid)
 
 
 def sdpa_packed(query, key, value, meta: PackedAttention, *, scaling, dropout, sliding_window, softcap):
     """``scaled_dot_product_attention`` per attention group with an explicit boolean mask
-    (never ``is_causal``, which SDPA aligns top-left)."""
+    (never ``is_causal``, which SDPA aligns top-left); shared key/value heads through
+    ``enable_gqa``."""
     if softcap is not None:
         raise ValueError("the sdpa backend cannot apply an attention logit softcap")
+    gqa = query.shape[1] != key.shape[1]
 
     def attend(q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout, scale=scaling)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout, scale=scaling,
+                                              enable_gqa=gqa)
 
     q, k, v, valid = _grouped(query, key, value, meta)
     return _from_groups(_attend_in_chunks(attend, q, k, v, meta, sliding_window), valid)

@@ -5,6 +5,7 @@ the same with or without an enclosing autocast region."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -39,3 +40,13 @@ def cast_for_autocast(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tu
         return t.to(dtype)
 
     return cast(hidden), cast(weight), cast(bias)
+
+
+def autocast_of_now(device_type: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """The autocast state in force now, as a factory of contexts that bring it back: a custom
+    autograd function that recomputes its forward in backward (where autocast is off) runs the
+    recomputation under it, so it sees the dtypes its forward saw."""
+    if not autocast_enabled(device_type):
+        return lambda: autocast_disabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+    return lambda: torch.autocast(device_type, dtype=dtype)

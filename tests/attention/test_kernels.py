@@ -1,6 +1,7 @@
-"""The layout helpers and checks of fastalign/attention/kernels.py, tested directly: head
-repetition, the group table round trip, the varlen gather, mask rows of a chunk, the chunk
-schedule of a long group, and the options each backend refuses.
+"""The layout helpers and checks of fastalign/attention/kernels.py, tested directly: the group
+table round trip (views for a one-group row), shared key/value heads, the varlen gather, mask
+rows of a chunk, the chunk schedule and length of a long group, the chunked function's
+gradients and dropout replay, and the options each backend refuses.
 
 (The attention values of every backend against the dense rule and the varlen launchers are in
 test_varlen_layout.py; chunked loss and gradients through a model in test_chunked_attention.py.)
@@ -31,15 +32,6 @@ def _numbered(heads: int, tokens: int, dim: int = 2) -> torch.Tensor:
 def _qkv(tokens: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(1, heads, tokens, 8, generator=generator, dtype=torch.float64) for heads in (4, 2, 2))
-
-
-def test_repeat_heads():
-    states = _numbered(2, 3)
-    assert kernels._repeat_heads(states, 1) is states
-    repeated = kernels._repeat_heads(states, 3)
-    assert repeated.shape == (1, 6, 3, 2)
-    # Query heads 0-2 read key head 0, heads 3-5 key head 1 (grouped-query attention's order).
-    assert repeated[0, :, 0, 0].tolist() == [0, 0, 0, 100, 100, 100]
 
 
 def test_group_table_layout_and_round_trip():
@@ -87,6 +79,7 @@ def test_a_long_group_is_attended_in_query_chunks(monkeypatch):
 
     def attend(q_rows, k_cols, v_cols, mask):
         calls.append((q_rows.shape[2], k_cols.shape[2], v_cols.shape[2], tuple(mask.shape)))
+        k_cols, v_cols = (t.repeat_interleave(2, dim=1) for t in (k_cols, v_cols))  # 4 query heads, 2 kv heads
         weights = (q_rows @ k_cols.transpose(2, 3)).masked_fill(~mask[:, None], float("-inf")).softmax(-1)
         return weights @ v_cols
 
@@ -101,7 +94,7 @@ def test_a_long_group_is_attended_in_query_chunks(monkeypatch):
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
 
 
-def test_chunks_are_checkpointed_with_gradients(monkeypatch):
+def test_chunks_are_recomputed_for_the_gradients(monkeypatch):
     monkeypatch.setattr(kernels, "QUERY_CHUNK", 2)
     meta = _meta()
     leaves = [t.requires_grad_() for t in _qkv(9)]
@@ -112,6 +105,67 @@ def test_chunks_are_checkpointed_with_gradients(monkeypatch):
     plain = [t.detach().requires_grad_() for t in leaves]
     expected = kernels.eager_packed(*plain, meta, **options)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), plain)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_a_one_group_row_is_attended_on_views():
+    (row,) = pack_preference_examples([[1, 2, 3]], [[4, 5]], [[6]], token_budget=64)
+    meta = PackedAttention.from_batch(row)
+    states = _numbered(2, meta.num_tokens)
+    index, valid = meta.groups()
+    assert kernels._to_groups(states, index) is states
+    out = kernels._from_groups(states, valid)
+    assert out.data_ptr() == states.data_ptr() and torch.equal(out, states.transpose(1, 2))
+
+
+@pytest.mark.parametrize("backend", [kernels.eager_packed, kernels.sdpa_packed])
+def test_shared_key_value_heads_equal_repeated_heads(backend):
+    # Query heads 0-1 read key/value head 0, heads 2-3 head 1 (transformers' repeat_kv order).
+    meta = _meta()
+    q, k, v = _qkv(9, seed=3)
+    options = {"scaling": 0.3, "dropout": 0.0, "sliding_window": None, "softcap": None}
+    shared = backend(q, k, v, meta, **options)
+    repeated = backend(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), meta, **options)
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-12)
+
+
+def test_the_chunk_length_follows_the_score_budget(monkeypatch):
+    monkeypatch.setattr(kernels, "SCORE_BUDGET_BYTES", 8 * 1000 * 100)
+    assert kernels._chunk_length(1, 1000, 0) == 100  # 8 bytes of mask per key: 100 rows of 1000 keys
+    assert kernels._chunk_length(2, 1000, 0) == 50  # two groups share the budget
+    assert kernels._chunk_length(1, 1000, 8) == 50  # scores as large as the mask again
+    assert kernels._chunk_length(1, 80, 0) == 80  # the whole group fits
+    assert kernels._chunk_length(1, 10**6, 0) == 16  # never below 16 rows
+    monkeypatch.setattr(kernels, "QUERY_CHUNK", 40)
+    assert kernels._chunk_length(1, 1000, 0) == 40
+
+
+def test_chunked_dropout_replays_its_masks_in_backward(monkeypatch):
+    """With dropout, backward recomputes each chunk under the forward's random state: the
+    gradients are those of the same chunks run under autograd from that state."""
+    monkeypatch.setattr(kernels, "QUERY_CHUNK", 2)
+    meta = _meta()
+    leaves = [t.requires_grad_() for t in _qkv(9, seed=4)]
+    options = {"scaling": 0.3, "dropout": 0.5, "sliding_window": None, "softcap": None}
+    torch.manual_seed(7)
+    out = kernels.eager_packed(*leaves, meta, **options)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    after = torch.rand(1)  # the next draw after forward and backward
+
+    torch.manual_seed(7)
+    plain = [t.detach().requires_grad_() for t in leaves]
+    q, k, v, valid = kernels._grouped(*plain, meta)
+    scores_of = []
+    shared = 2
+    for start, stop, keys in kernels._chunk_schedule(meta, q.shape[2], 2, None):
+        kc, vc = (t[:, :, :keys].repeat_interleave(shared, dim=1) for t in (k, v))
+        scores = (q[:, :, start:stop] @ kc.transpose(2, 3) * 0.3).masked_fill(
+            ~kernels._mask_rows(meta, start, stop, keys, None)[:, None], float("-inf"))
+        scores_of.append(torch.nn.functional.dropout(scores.softmax(-1), p=0.5) @ vc)
+    expected = kernels._from_groups(torch.cat(scores_of, dim=2), valid)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert torch.equal(after, torch.rand(1)), "backward leaves the random stream where the forward left it"
     for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), plain)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
