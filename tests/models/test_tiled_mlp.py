@@ -1,7 +1,8 @@
 """Sequence-tiled MLP: the same loss and every gradient as the untiled path (fp32, Llama,
 Gemma2 with its softcaps and sliding windows, Mistral with its window, with and without
-layer checkpointing), and no ``[T, intermediate]`` tensor ever allocated (allocation recorder,
-with its twin: the untiled path does allocate one)."""
+layer checkpointing; bf16 autocast recomputed as in the forward), and no ``[T, intermediate]``
+tensor ever allocated (allocation recorder, with its twin: the untiled path does allocate one)
+nor a tile's input gradient padded to the whole row."""
 
 from __future__ import annotations
 
@@ -51,10 +52,13 @@ def test_no_intermediate_tensor_of_the_whole_row(checkpointing):
         policy = PolicyModel(model, mlp_tile_tokens=tile)
         with AllocationRecorder(record_shapes=True) as recorder:
             objective(policy, row).backward()  # forward, recompute and backward all recorded
-        return _largest_intermediate_rows(recorder, model)
+        # A tile's input gradient padded out to the whole row (what slicing's backward does)
+        whole_row_grads = [shape for op, shape in recorder.shapes
+                           if "slice_backward" in op and shape == (row.num_tokens, model.config.hidden_size)]
+        return _largest_intermediate_rows(recorder, model), whole_row_grads
 
-    assert largest_rows(TILE) == TILE
-    assert largest_rows(None) == row.num_tokens  # twin: the recorder sees the untiled [T, I]
+    assert largest_rows(TILE) == (TILE, [])
+    assert largest_rows(None)[0] == row.num_tokens  # twin: the recorder sees the untiled [T, I]
 
 
 def test_no_grad_forward_is_tiled_and_exact():
@@ -68,6 +72,34 @@ def test_no_grad_forward_is_tiled_and_exact():
             got = objective(PolicyModel(model), row)
     assert abs(float(got) - float(expected)) <= 1e-5
     assert _largest_intermediate_rows(recorder, model) == 5
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_backward_recomputes_under_the_forwards_autocast(checkpointing):
+    """Under bf16 autocast every MLP call — forward, the layer's recompute and the tiles'
+    recompute in backward (where autocast is off unless restored) — sees bf16 activations,
+    and the gradients are the untiled ones up to bf16 rounding."""
+    from fastalign.models import enable_activation_checkpointing
+
+    row = packed_row()
+
+    def run(tile):
+        model = tiny_model("llama").train()
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        seen = []
+        for layer in model.model.layers:
+            layer.mlp.down_proj.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = objective(PolicyModel(model, mlp_tile_tokens=tile), row)
+        loss.backward()
+        return seen, [parameter.grad for parameter in model.parameters()]
+
+    seen, grads = run(TILE)
+    plain_seen, plain = run(None)
+    assert len(seen) > len(plain_seen) and set(seen) == set(plain_seen) == {torch.bfloat16}
+    for got, expected in zip(grads, plain):
+        assert relative_error(got, expected) <= 3e-2  # bf16: 8 mantissa bits, sums in another order
 
 
 def test_tiling_is_per_instance_and_survives_deepcopy():
