@@ -28,10 +28,12 @@ Memory: the peak above the memory of the trainer after a warm-up step at a short
 of policy and reference, gradients, AdamW state: "the model's own"). On CPU the resident set
 size sampled every 5 ms (``fastalign.bench.memory.memory_meter(..., "rss")``; each case runs
 in a fresh process with glibc's mmap threshold fixed, so freed tensors leave the resident set),
-on CUDA ``torch.cuda.max_memory_allocated``. Per provider (``summarize``): the memory per token
-of context length (the marginal slope at the long end, and a least-squares line over all
-lengths) and the longest ``L`` whose total fits the preset's budget (16 GiB on CPU, 80 GiB on
-GPU).
+on CUDA ``torch.cuda.max_memory_allocated``; the same for each phase of the step (forward, loss
+and LM head; decoder backward; embedding backward and optimizer), marked by hooks on the
+policy's final norm and embeddings. Per provider (``summarize``): the memory per token of
+context length (the slope of the phase that grows fastest, which sets the peak at long
+lengths; beside it the slope of the step's peak as measured) and the longest ``L`` whose total
+fits the preset's budget (16 GiB on CPU, 80 GiB on GPU).
 Seconds per step: one step, on a shared machine; the 1-minute load average is recorded beside
 every case.
 
@@ -55,7 +57,7 @@ from typing import Any
 
 import torch
 
-from long_context_steps import PROVIDERS, LongContextPreset, run_case
+from long_context_steps import PHASES, PROVIDERS, LongContextPreset, run_case
 from fastalign.bench.cli import device_from_args
 from fastalign.bench.environment import environment
 from fastalign.bench.report import headless_pyplot, results_dir, save_figure, write_results
@@ -116,15 +118,39 @@ def fit_line(points: list[tuple[float, float]]) -> tuple[float, float, float] | 
     return intercept, slope, 1 - residual / total if total else 1.0
 
 
+def _slopes(points: list[tuple[float, float]]) -> dict[str, float]:
+    """MiB per token: the marginal slope between the two longest lengths, and the least-squares
+    line over all of them (slope, intercept, r²)."""
+    (x0, y0), (x1, y1) = points[-2], points[-1]
+    intercept, fit_slope, r2 = fit_line(points)
+    return dict(slope=(y1 - y0) / (x1 - x0), fit_slope=fit_slope, fit_intercept=intercept, fit_r2=r2)
+
+
+def _reach(length: int, peak_mb: float, slope: float, room_mb: float) -> float:
+    """The ``L`` at which a peak of ``peak_mb`` at ``length``, growing by ``slope`` MiB per
+    token, fills ``room_mb`` (infinite when it does not grow)."""
+    return length + (room_mb - peak_mb) / slope if slope > 0 else float("inf")
+
+
 def summarize(rows: list[dict], budget_gib: float) -> list[dict]:
     """Per provider: memory per token of context length and the longest ``L`` in ``budget_gib``.
 
-    ``kib_per_token`` is the marginal slope between the two longest lengths measured: what one
-    more token costs at the long end. Buffers that grow only up to some length (TRL's head works
-    in tiles of 4096 tokens, so its tiles stop growing at ``2L = 4096``) make a line through
-    all points steeper than that; the least-squares line over all points is reported beside it
-    (``fit_kib_per_token``, ``fit_r2``). ``longest_length`` extrapolates from the longest
-    measured step with the marginal slope: model's own + peak(L_max) + slope·(L - L_max) = budget.
+    A step's peak is the largest of its phases' peaks (``PHASES``: forward, loss and LM head;
+    decoder backward; embedding backward and optimizer), and each phase grows at its own rate:
+    TRL's LM head works in tiles that stop growing at 4096 tokens, so its head phase has the
+    largest peak at the lengths measured while its decoder backward grows fastest. So the
+    peak is modelled as the largest of one line per phase, each through that phase's peaks:
+
+    - ``kib_per_token`` (with ``per_token_phase``): the largest per-phase marginal slope (between
+      the two longest lengths) — what one more token costs once ``L`` is long enough for that
+      phase to set the peak;
+    - ``longest_length``: the ``L`` at which the first phase's line, from its peak at the longest
+      measured length, reaches the budget (model's own + phase peak = budget);
+    - beside them, as measured: the marginal slope of the step's peak itself
+      (``peak_kib_per_token``) and the least-squares line through the peaks (``fit_*``).
+
+    Rows without phase peaks (results from before they were recorded) use the step's peak as
+    their only phase.
     """
     summary = []
     for provider in dict.fromkeys(row["provider"] for row in rows):
@@ -132,21 +158,43 @@ def summarize(rows: list[dict], budget_gib: float) -> list[dict]:
                     key=lambda row: row["length"])
         entry: dict[str, Any] = dict(provider=provider, lengths=len(ok))
         if len(ok) >= 2:
-            last, before = ok[-1], ok[-2]
-            slope = (last["peak_above_mb"] - before["peak_above_mb"]) / (last["length"] - before["length"])
-            intercept, fit_slope, r2 = fit_line([(row["length"], row["peak_above_mb"]) for row in ok])
-            room = budget_gib * 1024 - last["model_own_mb"] - last["peak_above_mb"]
-            longest = last["length"] + room / slope if slope > 0 else None
-            entry.update(kib_per_token=slope * 1024, fit_kib_per_token=fit_slope * 1024, fit_intercept_mb=intercept,
-                         fit_r2=r2, model_own_mb=last["model_own_mb"], longest_measured=last["length"],
+            last = ok[-1]
+            peak = _slopes([(row["length"], row["peak_above_mb"]) for row in ok])
+            phases = [phase for phase in PHASES if all(phase in row.get("phase_peaks_above_mb", {}) for row in ok)]
+            lines = {phase: _slopes([(row["length"], row["phase_peaks_above_mb"][phase]) for row in ok])
+                     for phase in phases} or {"step": peak}
+            at_last = {phase: last["phase_peaks_above_mb"][phase] for phase in phases} or {"step": last["peak_above_mb"]}
+            room = budget_gib * 1024 - last["model_own_mb"]
+            fastest = max(lines, key=lambda phase: lines[phase]["slope"])
+            longest = min(_reach(last["length"], at_last[phase], lines[phase]["slope"], room) for phase in lines)
+            entry.update(kib_per_token=lines[fastest]["slope"] * 1024, per_token_phase=fastest,
+                         phase_kib_per_token={phase: line["slope"] * 1024 for phase, line in lines.items()},
+                         phase_peak_at_longest_mb=at_last,
+                         peak_kib_per_token=peak["slope"] * 1024, fit_kib_per_token=peak["fit_slope"] * 1024,
+                         fit_intercept_mb=peak["fit_intercept"], fit_r2=peak["fit_r2"],
+                         model_own_mb=last["model_own_mb"], longest_measured=last["length"],
                          peak_at_longest_mb=last["peak_above_mb"], seconds_at_longest=last.get("seconds"),
-                         longest_length=int(longest) if longest is not None and longest > 0 else None)
+                         longest_length=int(longest) if 0 < longest < float("inf") else None)
         summary.append(entry)
     trl = next((entry for entry in summary if entry["provider"] == "trl" and "kib_per_token" in entry), None)
     for entry in summary:
         if trl is not None and "kib_per_token" in entry:
-            entry["per_token_vs_trl"] = entry["kib_per_token"] / trl["kib_per_token"]
+            entry["per_token_vs_trl"] = _ratio(entry["kib_per_token"], trl["kib_per_token"])
+            entry["peak_per_token_vs_trl"] = _ratio(entry["peak_kib_per_token"], trl["peak_kib_per_token"])
     return summary
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference > 0 else None  # a reference that does not grow: no ratio
+
+
+def _extrapolated_peak(entry: dict, length: float) -> float:
+    """MiB above the model's own at ``length`` by the per-phase lines of a summary entry."""
+    slopes, peaks = entry["phase_kib_per_token"], entry["phase_peak_at_longest_mb"]
+    return max(peaks[phase] + slopes[phase] / 1024 * (length - entry["longest_measured"]) for phase in slopes)
+
+
+_PHASE_SHORT = {PHASES[0]: "fwd+head", PHASES[1]: "decoder bwd", PHASES[2]: "emb+optim", "step": "step"}
 
 
 def markdown(rows: list[dict], summary: list[dict], env: dict, budget_gib: float) -> str:
@@ -154,23 +202,35 @@ def markdown(rows: list[dict], summary: list[dict], env: dict, budget_gib: float
     lines = [f"Long-context DPO step, preset `{env['benchmark']['preset_name']}` — {env['device']}, "
              f"torch {env['packages'].get('torch')}, trl {env['packages'].get('trl')}, {env['date_utc'][:10]}, "
              f"git {str(env.get('git_commit'))[:10]}", "",
-             "| provider | L | row tokens | model's own (MiB) | peak above (MiB) | s/step | load 1m | status |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| provider | L | row tokens | model's own (MiB) | peak above (MiB) | per phase: "
+             f"{' / '.join(_PHASE_SHORT[phase] for phase in PHASES)} (MiB) | s/step | load 1m | status |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
+        phases = row.get("phase_peaks_above_mb") or {}
+        per_phase = " / ".join(_number(phases.get(phase), ".0f") or "-" for phase in PHASES) if phases else ""
         lines.append(f"| {row['provider']} | {row['length']} | {row.get('row_tokens', '')} | "
                      f"{_number(row.get('model_own_mb'), '.0f')} | {_number(row.get('peak_above_mb'), '.0f')} | "
-                     f"{_number(row.get('seconds'), '.1f')} | {_number(row.get('load_1m_before'), '.1f')} | "
+                     f"{per_phase} | {_number(row.get('seconds'), '.1f')} | {_number(row.get('load_1m_before'), '.1f')} | "
                      f"{row['status']} {row.get('note', '')[:60]} |")
-    lines += ["", "Memory per token: the marginal slope between the two longest lengths (one more token at the long "
-              "end); beside it the least-squares slope over all lengths and its r². Longest L: extrapolated from "
-              "the longest measured step with the marginal slope.", "",
-              f"| provider | KiB per token of L | vs TRL | all-points fit (KiB/token, r²) | longest L in "
-              f"{budget_gib:g} GiB | s/step at the longest L |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "Memory per token: each phase's marginal slope between the two longest lengths; the step's peak is "
+              "the largest of the phases' peaks, so at long L it grows by the fastest phase's slope (the column "
+              "\"memory per token\", and \"vs TRL\"). Longest L: where the first phase, extrapolated from its "
+              "peak at the longest measured L with its slope, fills the budget with the model's own memory. "
+              "Beside them, as measured: the marginal slope of the step's peak itself (vs TRL's) and the "
+              "least-squares line through the peaks (r²).", "",
+              f"| provider | memory per token (KiB per token of L) | set by | vs TRL | per phase: "
+              f"{' / '.join(_PHASE_SHORT[phase] for phase in PHASES)} | step's peak: marginal (vs TRL) | "
+              f"all-points fit (KiB/token, r²) | longest L in {budget_gib:g} GiB | s/step at the longest L |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for entry in summary:
-        fit = (f"{entry['fit_kib_per_token']:.1f}, {entry['fit_r2']:.3f}" if "fit_kib_per_token" in entry else "")
-        lines.append(f"| {entry['provider']} | {_number(entry.get('kib_per_token'), '.1f')} | "
-                     f"{_number(entry.get('per_token_vs_trl'), '.2f')} | {fit} | "
+        if "kib_per_token" not in entry:
+            lines.append(f"| {entry['provider']} | | | | | | | | |")
+            continue
+        per_phase = " / ".join(_number(entry["phase_kib_per_token"].get(phase), ".1f") or "-" for phase in PHASES)
+        lines.append(f"| {entry['provider']} | {entry['kib_per_token']:.1f} | {_PHASE_SHORT[entry['per_token_phase']]} | "
+                     f"{_number(entry.get('per_token_vs_trl'), '.2f')} | {per_phase} | "
+                     f"{entry['peak_kib_per_token']:.1f} ({_number(entry.get('peak_per_token_vs_trl'), '.2f')}) | "
+                     f"{entry['fit_kib_per_token']:.1f}, {entry['fit_r2']:.3f} | "
                      f"{_number(entry.get('longest_length'), ',')} | {_number(entry.get('seconds_at_longest'), '.0f')} |")
     return "\n".join(lines) + "\n"
 
@@ -181,7 +241,7 @@ def _number(value, spec: str) -> str:
 
 def plot(rows: list[dict], summary: list[dict], env: dict, path: Path, *, title: str) -> Path | None:
     """Peak memory above the model's own vs ``L``, one line per provider (points measured;
-    dashed: the extrapolation with the marginal slope to the longest ``L`` in the budget)."""
+    dashed: the extrapolation by the per-phase lines to the longest ``L`` in the budget)."""
     plt = headless_pyplot()
     if plt is None:
         return None
@@ -193,12 +253,12 @@ def plot(rows: list[dict], summary: list[dict], env: dict, path: Path, *, title:
         if not ok:
             continue
         (line,) = axis.plot([x for x, _ in ok], [y for _, y in ok], marker="o", label=provider)
-        if provider in fits and fits[provider].get("longest_length"):  # dashed: the extrapolation to the budget
-            fit = fits[provider]
-            xs = [fit["longest_measured"], fit["longest_length"]]
-            ys = [fit["peak_at_longest_mb"] / 1024, (fit["peak_at_longest_mb"] + fit["kib_per_token"] / 1024
-                                                     * (xs[1] - xs[0])) / 1024]
-            axis.plot(xs, ys, linestyle="--", color=line.get_color(), linewidth=0.8)
+        fit = fits.get(provider)
+        if fit and fit.get("longest_length"):  # dashed: the per-phase lines up to the budget
+            xs = [fit["longest_measured"] * (fit["longest_length"] / fit["longest_measured"]) ** (step / 16)
+                  for step in range(17)]
+            axis.plot(xs, [_extrapolated_peak(fit, x) / 1024 for x in xs], linestyle="--", color=line.get_color(),
+                      linewidth=0.8)
     axis.set(xlabel="context length L (tokens of [P C]; prompt 3/4, answers 1/4)",
              ylabel="peak memory above the model's own (GiB)", xscale="log", yscale="log")
     axis.legend(fontsize=8)

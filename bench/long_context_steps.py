@@ -4,7 +4,8 @@ after a warm-up step at a short length (``run_case``).
 
 Memory: the peak above the trainer's own after the warm-up, from the harness's meter
 (``fastalign.bench.memory``): on CPU the sampled resident set (``rss``), on CUDA
-``torch.cuda.max_memory_allocated``.
+``torch.cuda.max_memory_allocated``; and the peak of each phase of the step (``PHASES``),
+marked by hooks on the policy's modules (``mark_phases``), the same for every provider.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class _FastalignStep:
             offload_checkpoints=features["offload"] and device.type == "cuda",
         )
         self.trainer = DPOTrainer(_model(preset, device), None, data, config)
+        self.policy = self.trainer.policy.model
         self.row = self.trainer.rows_for_epoch(0)[0].to(device)
 
     def warmup(self, preset: LongContextPreset) -> None:
@@ -151,6 +153,7 @@ class _TRLStep:
             activation_checkpointing_kwargs={"use_reentrant": False}, offload=offload)
         self.trainer.create_optimizer()
         self.trainer.current_gradient_accumulation_steps = 1
+        self.policy = self.trainer.model
         self.batch = self._batch(*pair(length, preset.model["vocab_size"], preset.seed))
 
     def _batch(self, prompt, chosen, rejected) -> dict:
@@ -167,6 +170,30 @@ class _TRLStep:
         self.trainer.training_step(self.trainer.model, batch)
         self.trainer.optimizer.step()
         self.trainer.optimizer.zero_grad(set_to_none=False)
+
+
+PHASES = ("forward, loss and LM head", "decoder backward", "embedding backward and optimizer")
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack (``embed_tokens`` ... ``norm``) of a transformers causal LM."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+def mark_phases(policy: torch.nn.Module, meter) -> list:
+    """Hooks that tell ``meter`` which phase of the step runs: ``PHASES[0]`` until the
+    gradient reaches the final norm's input (the reference forward, the policy's forward, the
+    loss and the LM head's backward are done), ``PHASES[1]`` until it reaches the embeddings'
+    output (every decoder layer, recomputed and differentiated), then ``PHASES[2]``. Returns
+    the hook handles."""
+    decoder = _decoder(policy)
+
+    def embedded(module, inputs, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: meter.mark(PHASES[2]))
+
+    return [decoder.norm.register_full_backward_hook(lambda module, grad_in, grad_out: meter.mark(PHASES[1])),
+            decoder.embed_tokens.register_forward_hook(embedded)]
 
 
 def _allocated(device: torch.device) -> int:
@@ -188,14 +215,20 @@ def run_case(preset: LongContextPreset, provider: Provider, length: int, device:
                                                                               out_dir)
             step.warmup(preset)
             row["model_own_mb"] = _allocated(device) / 2**20
-            with memory_meter(device, "cuda" if device.type == "cuda" else "rss") as meter:
+            own = row["model_own_mb"] * 2**20 if device.type == "cuda" else 0  # the CUDA meter reads totals
+            meter = memory_meter(device, "cuda" if device.type == "cuda" else "rss", first_phase=PHASES[0])
+            hooks = mark_phases(step.policy, meter)
+            with meter:
                 start = time.perf_counter()
                 step.run()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 row["seconds"] = time.perf_counter() - start
-            above = meter.peak_bytes - (row["model_own_mb"] * 2**20 if device.type == "cuda" else 0)
-            row["peak_above_mb"] = above / 2**20
+            for hook in hooks:
+                hook.remove()
+            row["peak_above_mb"] = (meter.peak_bytes - own) / 2**20
+            row["phase_peaks_above_mb"] = {phase: (meter.phase_peaks[phase] - own) / 2**20
+                                           for phase in PHASES if phase in meter.phase_peaks}
         except Exception as error:  # noqa: BLE001 - an OOM is a result; other failures are recorded
             row["status"] = "oom" if is_out_of_memory(error) else "error"
             row["note"] = f"{type(error).__name__}: {str(error)[:300]}"

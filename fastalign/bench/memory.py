@@ -7,6 +7,12 @@ Three measurements, one interface (a context manager with ``peak_bytes`` after e
 * ``"rss"`` — the peak resident-set size sampled every few ms by a thread, minus the RSS at
   entry (cheap; undercounts memory the allocator reuses from earlier work, so the heap is
   trimmed at entry).
+
+Both also keep a peak per phase of the block (``phase_peaks``): the caller names the phase it
+enters with ``mark(name)`` (from hooks, say), and every reading counts for the phase current
+when it was taken. A step's peak is the largest of its phases' peaks, and phases grow at
+different rates with the sequence length; their own peaks show which one sets the peak at
+lengths not measured.
 * ``"tensors"`` — the peak bytes of live tensors allocated in the block, recorded by
   ``fastalign.testing.memory.AllocationRecorder`` (exact, but its Python dispatch hook slows
   the block, ~40% on the tiny model, which then skews timings).
@@ -42,12 +48,16 @@ def trim_heap() -> None:
 
 
 class CudaPeak:
-    """``peak_bytes``: the CUDA peak of the block (absolute); ``start_bytes``: live at entry."""
+    """``peak_bytes``: the CUDA peak of the block (absolute); ``start_bytes``: live at entry;
+    ``phase_peaks``: the absolute peak of each phase (``mark``; one phase, ``first_phase``, if
+    never marked)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, first_phase: str = "all") -> None:
         self.device = device
         self.start_bytes = 0
         self.peak_bytes = 0
+        self.phase_peaks: dict[str, int] = {}
+        self._phase = first_phase
 
     def __enter__(self) -> CudaPeak:
         torch.cuda.synchronize(self.device)
@@ -55,11 +65,22 @@ class CudaPeak:
         self.start_bytes = torch.cuda.memory_allocated(self.device)
         return self
 
+    def _close_phase(self) -> None:
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self.phase_peaks[self._phase] = max(self.phase_peaks.get(self._phase, 0), peak)
+        self.peak_bytes = max(self.peak_bytes, peak)
+
+    def mark(self, phase: str) -> None:
+        """From here on, readings count for ``phase`` (synchronizes the device)."""
+        self._close_phase()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._phase = phase
+
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None:  # nothing to read after a failure (an OOM is reported by the caller)
             return
-        torch.cuda.synchronize(self.device)
-        self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        self._close_phase()
 
     @property
     def peak_above_start(self) -> int:
@@ -67,20 +88,37 @@ class CudaPeak:
 
 
 class RSSPeak:
-    """``peak_bytes``: the peak RSS above the RSS at entry, sampled every ``interval`` seconds."""
+    """``peak_bytes``: the peak RSS above the RSS at entry, sampled every ``interval`` seconds;
+    ``phase_peaks``: the same per phase (``mark``; one phase, ``first_phase``, if never marked)."""
 
-    def __init__(self, interval: float = 0.005) -> None:
+    def __init__(self, interval: float = 0.005, first_phase: str = "all") -> None:
         self.interval = interval
         self.peak_bytes = 0
+        self.phase_peaks: dict[str, int] = {}
+        self._phase = first_phase
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+
+    def _read(self) -> None:
+        with self._lock:
+            above = rss_bytes() - self._base
+            self.phase_peaks[self._phase] = max(self.phase_peaks.get(self._phase, 0), above)
+            self.peak_bytes = max(self.peak_bytes, above)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, rss_bytes())
+            self._read()
+
+    def mark(self, phase: str) -> None:
+        """From here on, readings count for ``phase`` (the RSS now counts for both)."""
+        self._read()
+        with self._lock:
+            self._phase = phase
+        self._read()
 
     def __enter__(self) -> RSSPeak:
         trim_heap()
-        self._base = self._peak = rss_bytes()
+        self._base = rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -88,18 +126,18 @@ class RSSPeak:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, rss_bytes())
-        self.peak_bytes = self._peak - self._base
+        self._read()
 
 
-def memory_meter(device: torch.device, method: str):
-    """The meter of ``method`` (one of ``MEMORY_METHODS``): a context manager with ``peak_bytes``."""
+def memory_meter(device: torch.device, method: str, first_phase: str = "all"):
+    """The meter of ``method`` (one of ``MEMORY_METHODS``): a context manager with ``peak_bytes``
+    (``cuda`` and ``rss`` also keep ``phase_peaks``, starting in ``first_phase``)."""
     if method == "cuda":
-        return CudaPeak(device)
+        return CudaPeak(device, first_phase)
     if method == "tensors":
         return AllocationRecorder()
     if method == "rss":
-        return RSSPeak()
+        return RSSPeak(first_phase=first_phase)
     raise ValueError(f"memory method must be one of {MEMORY_METHODS}, got {method!r}")
 
 

@@ -77,3 +77,17 @@ def test_one_memory_meter_for_every_method():
     assert meter.peak_bytes >= 0 and touched.sum() > 0
     with pytest.raises(ValueError, match="memory method"):
         memory_meter(cpu, "heap")
+
+
+def test_the_rss_meter_keeps_a_peak_per_phase():
+    with memory_meter(torch.device("cpu"), "rss") as meter:
+        assert meter.phase_peaks.keys() <= {"all"}
+        big = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, touched; freed before the next phase
+        del big
+        meter.mark("after")
+        small = torch.ones(16 << 20, dtype=torch.uint8)
+        meter.mark("after")  # marking the current phase again changes nothing
+    assert set(meter.phase_peaks) == {"all", "after"}
+    assert meter.phase_peaks["all"] >= 48 << 20, "the 64 MiB tensor counts for the first phase"
+    assert meter.phase_peaks["after"] < meter.phase_peaks["all"] - (24 << 20) and small.sum() > 0
+    assert meter.peak_bytes == max(meter.phase_peaks.values())
