@@ -112,3 +112,33 @@ def test_readme_demo_table_check_fails_on_a_changed_number(monkeypatch):
         first.group(1), changed, 1), 1))
     with pytest.raises(AssertionError):
         test_readme_demo_table_is_the_committed_seed_results()
+
+
+LONG_CONTEXT_RESULTS = ROOT / "bench" / "results" / "x86-64" / "long_context_cpu.json"
+
+
+def _long_pairs_paragraph() -> str:
+    start = README.index("**Long pairs.**")
+    return README[start:README.index("```", start)]
+
+
+def test_readme_long_pair_numbers_are_the_committed_results():
+    """README's long-pair figures are bench/results/x86-64/long_context_cpu.json's: the peaks
+    at the longest length, memory per token and its phase, the ratio and the longest pairs."""
+    import json
+
+    results = json.loads(LONG_CONTEXT_RESULTS.read_text())
+    summary = {entry["provider"]: entry for entry in results["environment"]["summary"]}
+    trl, fastalign, untiled = summary["trl"], summary["fastalign"], summary["fastalign-no-tiled-mlp"]
+    text = " ".join(_long_pairs_paragraph().split())
+    expected = [
+        f"{fastalign['peak_at_longest_mb']:,.0f} MiB", f"{trl['peak_at_longest_mb']:,.0f} MiB",
+        f"costs fastalign {fastalign['kib_per_token']:.1f} KiB and TRL {trl['kib_per_token']:.1f} KiB "
+        f"({fastalign['per_token_vs_trl']:.2f}×)",
+        f"({untiled['kib_per_token']:.1f} without it)",
+        f"fastalign {fastalign['longest_length'] / 1000:.0f}k tokens, TRL {trl['longest_length'] / 1000:.0f}k",
+        f"grows by only {trl['peak_kib_per_token']:.1f} KiB per token",
+    ]
+    for figure in expected:
+        assert figure in text, f"README's long-pair paragraph lacks {figure!r} (bench/results: rerun or copy)"
+    assert fastalign["per_token_phase"] == trl["per_token_phase"] == "decoder backward"
