@@ -28,7 +28,9 @@ from fastalign.attention.metadata import PackedAttention
 from fastalign.ops.autocast import autocast_of_now
 
 QUERY_CHUNK = 1024  # at most this many query slots per chunk of a long group
-SCORE_BUDGET_BYTES = 32 * 2**20  # mask rows and scores of one chunk (sets the chunk length)
+# Mask rows and scores of one chunk (sets the chunk length); more on a GPU, where each chunk
+# is a few kernel launches and memory is plentiful.
+SCORE_BUDGET_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 _MASK_BYTES = 8  # per mask element: the bool rows, their building, and SDPA's additive copy
 _SCORE_COPIES = 5  # fp32 score-sized tensors eager attention keeps (scores, softmax, ...)
 
@@ -44,7 +46,7 @@ def _to_groups(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def _from_groups(out: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``[G, H, L, D]`` → ``[1, T, H, D]``: groups are contiguous and in order, so the valid
     slots in row-major order are the tokens in order."""
-    if valid.shape[0] == 1 and bool(valid.all()):
+    if valid.shape[0] == 1:  # one group: every slot is a token
         return out.transpose(1, 2)
     return out.transpose(1, 2)[valid][None]
 
@@ -66,11 +68,12 @@ def _mask_rows(meta: PackedAttention, start: int, stop: int, keys: int, sliding_
     return keep | (own & ~valid[:, start:stop, None])
 
 
-def _chunk_length(groups: int, length: int, score_bytes_per_key: int) -> int:
-    """Query slots per chunk: as many as ``SCORE_BUDGET_BYTES`` allows against ``length`` keys
-    (at least 16), at most ``QUERY_CHUNK``; ``length`` when the whole group fits."""
+def _chunk_length(groups: int, length: int, score_bytes_per_key: int, device: torch.device) -> int:
+    """Query slots per chunk: as many as the device's ``SCORE_BUDGET_BYTES`` allows against
+    ``length`` keys (at least 16), at most ``QUERY_CHUNK``; ``length`` when the whole group fits."""
+    budget = SCORE_BUDGET_BYTES.get(device.type, SCORE_BUDGET_BYTES["cpu"])
     per_row = groups * length * (_MASK_BYTES + score_bytes_per_key)
-    return min(QUERY_CHUNK, length, max(16, SCORE_BUDGET_BYTES // per_row))
+    return min(QUERY_CHUNK, length, max(16, budget // per_row))
 
 
 def _chunk_schedule(meta: PackedAttention, length: int, chunk: int, sliding_window: int | None):
@@ -151,7 +154,7 @@ def _attend_in_chunks(attend: Callable, q, k, v, meta: PackedAttention, sliding_
     slot and key), else in chunks of query slots (see the module docstring). Returns
     ``[G, Hq, L, D]``."""
     groups, length = q.shape[0], q.shape[2]
-    chunk = _chunk_length(groups, length, score_bytes_per_key)
+    chunk = _chunk_length(groups, length, score_bytes_per_key, q.device)
     if chunk >= length:
         return attend(q, k, v, meta.group_mask(sliding_window))
     schedule = _chunk_schedule(meta, length, chunk, sliding_window)

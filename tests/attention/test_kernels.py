@@ -131,14 +131,17 @@ def test_shared_key_value_heads_equal_repeated_heads(backend):
 
 
 def test_the_chunk_length_follows_the_score_budget(monkeypatch):
-    monkeypatch.setattr(kernels, "SCORE_BUDGET_BYTES", 8 * 1000 * 100)
-    assert kernels._chunk_length(1, 1000, 0) == 100  # 8 bytes of mask per key: 100 rows of 1000 keys
-    assert kernels._chunk_length(2, 1000, 0) == 50  # two groups share the budget
-    assert kernels._chunk_length(1, 1000, 8) == 50  # scores as large as the mask again
-    assert kernels._chunk_length(1, 80, 0) == 80  # the whole group fits
-    assert kernels._chunk_length(1, 10**6, 0) == 16  # never below 16 rows
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(kernels, "SCORE_BUDGET_BYTES", {"cpu": 8 * 1000 * 100, "cuda": 8 * 1000 * 400})
+    assert kernels._chunk_length(1, 1000, 0, cpu) == 100  # 8 bytes of mask per key: 100 rows of 1000 keys
+    assert kernels._chunk_length(1, 1000, 0, cuda) == 400  # the device's own budget
+    assert kernels._chunk_length(1, 1000, 0, torch.device("meta")) == 100  # other devices: the CPU's
+    assert kernels._chunk_length(2, 1000, 0, cpu) == 50  # two groups share the budget
+    assert kernels._chunk_length(1, 1000, 8, cpu) == 50  # scores as large as the mask again
+    assert kernels._chunk_length(1, 80, 0, cpu) == 80  # the whole group fits
+    assert kernels._chunk_length(1, 10**6, 0, cpu) == 16  # never below 16 rows
     monkeypatch.setattr(kernels, "QUERY_CHUNK", 40)
-    assert kernels._chunk_length(1, 1000, 0) == 40
+    assert kernels._chunk_length(1, 1000, 0, cpu) == 40
 
 
 def test_chunked_dropout_replays_its_masks_in_backward(monkeypatch):
