@@ -18,3 +18,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 ADVANTAGE_SCALING = ("std", "none")
 AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 ON_NONFINITE = ("stop", "skip")
+# Where a text prompt ends when rows are tokenized (``fastalign.data.encoding``): "joint" is
+# TRL 1.16's rule (the common prefix of prompt + answer tokenizations), "separate" tokenizes
+# prompt and answers on their own.
+PROMPT_BOUNDARIES = ("joint", "separate")

@@ -31,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-BOUNDARIES = ("joint", "separate")
+from fastalign.choices import PROMPT_BOUNDARIES
+
+BOUNDARIES = PROMPT_BOUNDARIES
 # A one-turn conversation rendered to find the control tokens after an assistant message.
 _PROBE = ({"role": "user", "content": "Which way is north?"}, {"role": "assistant", "content": "Up the hill."})
 

@@ -20,25 +20,27 @@ def _columns(data, name: str) -> Sequence[str]:
     return columns
 
 
-def preference_token_lists(data, tokenizer, name: str) -> tuple[list, list, list]:
-    """``(prompt_ids, chosen_ids, rejected_ids)`` lists of token-id lists."""
+def preference_token_lists(data, tokenizer, name: str, boundary: str = "joint") -> tuple[list, list, list]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` lists of token-id lists (text tokenized with the
+    prompt ``boundary`` of ``fastalign.data.encoding``)."""
     wanted = ("prompt_ids", "chosen_ids", "rejected_ids")
     if not set(wanted) <= set(_columns(data, name)):
         if tokenizer is None:
             raise ValueError(f"{name} holds text but no tokenizer was given")
         from fastalign.data import tokenize_preference_data
 
-        data = tokenize_preference_data(data, tokenizer)
+        data = tokenize_preference_data(data, tokenizer, boundary=boundary)
     return tuple(data[column] for column in wanted)
 
 
-def sft_token_lists(data, tokenizer, name: str) -> tuple[list, list]:
-    """``(prompt_ids, completion_ids)`` lists of token-id lists."""
+def sft_token_lists(data, tokenizer, name: str, boundary: str = "joint") -> tuple[list, list]:
+    """``(prompt_ids, completion_ids)`` lists of token-id lists (text tokenized with the prompt
+    ``boundary`` of ``fastalign.data.encoding``)."""
     wanted = ("prompt_ids", "completion_ids")
     if not set(wanted) <= set(_columns(data, name)):
         if tokenizer is None:
             raise ValueError(f"{name} holds text but no tokenizer was given")
         from fastalign.data import tokenize_sft_data
 
-        data = tokenize_sft_data(data, tokenizer)
+        data = tokenize_sft_data(data, tokenizer, boundary=boundary)
     return tuple(data[column] for column in wanted)

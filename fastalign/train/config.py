@@ -20,6 +20,7 @@ from fastalign.choices import (
     KL_ESTIMATORS,
     LOSS_TYPES,
     ON_NONFINITE,
+    PROMPT_BOUNDARIES,
     REFERENCE_FREE_LOSSES,
 )
 from fastalign.train.options import coerce_fields, option
@@ -60,6 +61,9 @@ class TrainConfig:
     max_length: int | None = option(None, "data", "longest example (P+C+R); over token_budget gets a row of its own "
                                                   "(None: token_budget)")
     on_overflow: str = option("truncate", "data", "an example over the limits: truncate, drop (logged) or error")
+    prompt_boundary: str = option("joint", "data", "SFT, DPO, reward text data: where the prompt ends: joint (TRL's rule: "
+                                                   "the common prefix of prompt+answer tokenizations) or separate "
+                                                   "(prompt and answers tokenized on their own)")
     # -- optimization ---------------------------------------------------------------------
     max_steps: int = option(100, "optimization", "optimizer steps to run")
     learning_rate: float = option(1e-5, "optimization", "peak AdamW learning rate")
@@ -125,6 +129,7 @@ class TrainConfig:
         _choice("on_overflow", self.on_overflow, ("error", "drop", "truncate"))
         _choice("strategy", self.strategy, ("auto", "none", "ddp", "fsdp2"))
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        _choice("prompt_boundary", self.prompt_boundary, PROMPT_BOUNDARIES)
         if not self.output_dir.strip():
             raise ValueError("output_dir must be a non-empty path")
         examples = self.step_examples()

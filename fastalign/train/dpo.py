@@ -61,7 +61,7 @@ class DPOTrainer(Trainer):
         self._reference_source = None
 
     def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
-        return preference_token_lists(data, self.tokenizer, name)
+        return preference_token_lists(data, self.tokenizer, name, self.config.prompt_boundary)
 
     def pack_lists(self, lists, *, sort_by_length: bool) -> list[PackedBatch]:
         c = self.config
@@ -76,7 +76,7 @@ class DPOTrainer(Trainer):
         """Tokenize (if needed) and pack preference data for evaluation (fewest rows)."""
         c = config
         return pack_preference_examples(
-            *preference_token_lists(data, tokenizer, name), token_budget=c.token_budget,
+            *preference_token_lists(data, tokenizer, name, c.prompt_boundary), token_budget=c.token_budget,
             max_prompt_length=c.max_prompt_length, max_completion_length=c.max_completion_length,
             on_overflow=c.on_overflow, max_length=c.max_length,
         )

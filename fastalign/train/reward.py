@@ -88,7 +88,8 @@ class RewardTrainer(Trainer):
     def token_lists(self, data, name: str) -> tuple[list, ...]:
         """``(prompt_ids, chosen_ids, rejected_ids, margins)``; the margins travel with the
         examples when the base loop shuffles them."""
-        return (*preference_token_lists(data, self.tokenizer, name), _margin_column(data, name))
+        return (*preference_token_lists(data, self.tokenizer, name, self.config.prompt_boundary),
+                _margin_column(data, name))
 
     def pack_lists(self, lists, *, sort_by_length: bool) -> list[PackedBatch]:
         c = self.config

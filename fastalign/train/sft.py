@@ -19,7 +19,7 @@ class SFTTrainer(Trainer):
     progress_metrics = {"loss": "nll"}  # the loss is the token-mean NLL
 
     def token_lists(self, data, name: str) -> tuple[list[list[int]], ...]:
-        return sft_token_lists(data, self.tokenizer, name)
+        return sft_token_lists(data, self.tokenizer, name, self.config.prompt_boundary)
 
     def pack_lists(self, lists, *, sort_by_length: bool) -> list[PackedBatch]:
         c = self.config
