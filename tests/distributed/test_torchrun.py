@@ -5,6 +5,7 @@ consolidated export loads in transformers."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,11 +24,16 @@ STEPS = 4
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
 
-def torchrun(out: Path, strategy: str, steps: int, *flags: str, script: Path = SCRIPT, kind: str | None = None) -> list[dict]:
+def _launch(out: Path, strategy: str, steps: int, *flags: str, script: Path = SCRIPT,
+            kind: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[2])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(script), *([kind] if kind else []), str(out), strategy, str(steps), *flags]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def torchrun(out: Path, strategy: str, steps: int, *flags: str, script: Path = SCRIPT, kind: str | None = None) -> list[dict]:
+    result = _launch(out, strategy, steps, *flags, script=script, kind=kind)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     history = out / "history.json"
     return json.loads(history.read_text()) if history.exists() else []
@@ -117,3 +123,27 @@ def test_rl_trainers_under_ddp_match_single_process(tmp_path, kind):
             assert entry[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), (entry["step"], key)
     if kind == "ppo":  # a run that learns something, not a constant
         assert len({round(entry["loss"], 6) for entry in history}) == steps
+
+
+def test_a_nan_on_one_rank_stops_every_rank_before_the_optimizer(tmp_path):
+    """Rank 1's loss turns NaN in step 2, rank 0's does not: both ranks stop at step 2 (one
+    all-reduce decides), naming it; the only checkpoint is step 1's, every tensor in it finite."""
+    from fastalign.train.checkpoint import list_checkpoints
+    from tests.train.test_nonfinite import assert_all_written_tensors_finite
+
+    result = _launch(tmp_path, "ddp", 3, "--nan-at", "2", "--on-nonfinite", "stop")
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert "at step 2: non-finite policy log-probs" in log, log[-4000:]  # rank 1
+    assert "at step 2: non-finite gradient norm" in log or "at step 2: non-finite values (on another rank)" in log
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-00000001"]
+    assert assert_all_written_tensors_finite(tmp_path) > 0
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
+    """``on_nonfinite=skip``: every rank skips step 2 and goes on; the ranks' weights stay equal."""
+    history = torchrun(tmp_path, "ddp", 3, "--nan-at", "2", "--on-nonfinite", "skip")
+    assert [entry["step"] for entry in history] == [1, 2, 3]
+    assert [entry.get("skipped") is not None for entry in history] == [False, True, False]
+    rank0, rank1 = (json.loads((tmp_path / f"weights-rank{rank}.json").read_text()) for rank in (0, 1))
+    assert rank0 == rank1 and all(map(math.isfinite, rank0))
