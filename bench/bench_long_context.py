@@ -50,6 +50,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", nargs="+", type=int, help="override the preset's context lengths")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--tag", type=_tag, default="",
+                        help="suffix of the result files (long_context_<preset>_<tag>.*), e.g. for a run at other lengths")
     parser.add_argument("--case", nargs=2, metavar=("PROVIDER", "LENGTH"), help=argparse.SUPPRESS)
     parser.add_argument("--resummarize", type=Path, metavar="JSON",
                         help="recompute the summary, tables and plot of a results JSON (rows kept as measured)")
@@ -321,6 +324,12 @@ def resummarize(path: Path) -> str:
     return table
 
 
+def _tag(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", text):
+        raise argparse.ArgumentTypeError(f"--tag must be letters, digits, '.' or '-', got {text!r}")
+    return text
+
+
 def _write(rows: list[dict], preset: LongContextPreset, args, names: list[str], device: torch.device) -> str:
     """JSON (environment, summary, rows), CSV, the Markdown tables and the plot; returns the tables."""
     summary = summarize(rows, preset.budget_gib)
@@ -329,7 +338,7 @@ def _write(rows: list[dict], preset: LongContextPreset, args, names: list[str], 
                                                 "providers": names},
            "summary": summary}
     out_dir = results_dir(args.out, env, device)
-    stem = f"long_context_{args.preset}"
+    stem = f"long_context_{args.preset}" + (f"_{args.tag}" if args.tag else "")
     write_results(rows, env, out_dir, stem)
     table = markdown(rows, summary, env, preset.budget_gib)
     (out_dir / f"{stem}.md").write_text(table)
