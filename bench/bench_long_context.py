@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", nargs="+", type=int, help="override the preset's context lengths")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per case")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--tag", type=_tag, default="",
+    parser.add_argument("--tag", type=_tag, default=None,
                         help="suffix of the result files (long_context_<preset>_<tag>.*), e.g. for a run at other lengths")
     parser.add_argument("--case", nargs=2, metavar=("PROVIDER", "LENGTH"), help=argparse.SUPPRESS)
     parser.add_argument("--resummarize", type=Path, metavar="JSON",
