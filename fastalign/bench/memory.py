@@ -7,15 +7,15 @@ Three measurements, one interface (a context manager with ``peak_bytes`` after e
 * ``"rss"`` — the peak resident-set size sampled every few ms by a thread, minus the RSS at
   entry (cheap; undercounts memory the allocator reuses from earlier work, so the heap is
   trimmed at entry).
-
-Both also keep a peak per phase of the block (``phase_peaks``): the caller names the phase it
-enters with ``mark(name)`` (from hooks, say), and every reading counts for the phase current
-when it was taken. A step's peak is the largest of its phases' peaks, and phases grow at
-different rates with the sequence length; their own peaks show which one sets the peak at
-lengths not measured.
 * ``"tensors"`` — the peak bytes of live tensors allocated in the block, recorded by
   ``fastalign.testing.memory.AllocationRecorder`` (exact, but its Python dispatch hook slows
   the block, ~40% on the tiny model, which then skews timings).
+
+``cuda`` and ``rss`` also keep a peak per phase of the block (``phase_peaks``): the caller
+names the phase it enters with ``mark(name)`` (from hooks, say), and every reading counts for
+the phase current when it was taken. A step's peak is the largest of its phases' peaks, and
+phases grow at different rates with the sequence length; their own peaks show which one sets
+the peak at lengths not measured.
 
 ``peak_memory_bytes(fn, device)`` measures one call: CUDA above what was live before, else
 the tensor recorder. The process RSS readings come from ``fastalign.testing.memory``, which the

@@ -33,7 +33,6 @@ from typing import Any
 
 from fastalign.choices import PROMPT_BOUNDARIES
 
-BOUNDARIES = PROMPT_BOUNDARIES
 # A one-turn conversation rendered to find the control tokens after an assistant message.
 _PROBE = ({"role": "user", "content": "Which way is north?"}, {"role": "assistant", "content": "Up the hill."})
 
@@ -97,8 +96,8 @@ class RowEncoder:
     """
 
     def __init__(self, tokenizer: Any, *, boundary: str, add_bos: bool, add_eos: bool) -> None:
-        if boundary not in BOUNDARIES:
-            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if boundary not in PROMPT_BOUNDARIES:
+            raise ValueError(f"boundary must be one of {PROMPT_BOUNDARIES}, got {boundary!r}")
         self.tokenizer, self.boundary = tokenizer, boundary
         self.bos = tokenizer.bos_token_id if add_bos else None
         self.eos = tokenizer.eos_token_id if add_eos else None

@@ -19,7 +19,8 @@ from typing import Any
 import datasets
 from datasets import Dataset, Features, Value
 
-from fastalign.data.encoding import BOUNDARIES, RowEncoder, tokenizer_adds_bos
+from fastalign.choices import PROMPT_BOUNDARIES
+from fastalign.data.encoding import RowEncoder, tokenizer_adds_bos
 from fastalign.packing import PackedRows, pack_completion_examples, pack_preference_examples
 
 __all__ = ["pack_dataset", "tokenize_preference_data", "tokenize_sft_data", "tokenizer_adds_bos"]
@@ -46,8 +47,8 @@ def _check(
         raise ValueError(f"add_bos must be None or a bool, got {add_bos!r}")
     if add_bos and tokenizer.bos_token_id is None:
         raise ValueError("add_bos=True but the tokenizer has no bos_token_id")
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    if boundary not in PROMPT_BOUNDARIES:
+        raise ValueError(f"boundary must be one of {PROMPT_BOUNDARIES}, got {boundary!r}")
 
 
 class _Tokenize:
